@@ -1,0 +1,86 @@
+# kservebench: every target creates the virtualenv it needs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Never put the repo root on sys.path: `operator/` must not shadow the stdlib module.
+export PYTHONSAFEPATH := 1
+
+TARGET ?= local
+RESULTS ?= results
+SPEC_DIR := bench/specs
+
+.PHONY: help venv prometheus test lint format models bench-hpa bench-knative report \
+        cluster deploy bench-loadgen bench-analysis bench-sim bench-models clean
+
+help:
+	@echo "make bench-hpa       run the HPA experiment (local target; TARGET=cluster for a cluster)"
+	@echo "make bench-knative   run the Knative experiment"
+	@echo "make report          compare the newest hpa and knative results folders"
+	@echo "make test            set up the virtualenv and Prometheus, run lint and tests"
+	@echo "make cluster         create a kind cluster with KServe, Knative and Prometheus"
+	@echo "make deploy          install the CRDs and the operator into the current cluster"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The real Prometheus binary, for the local target and the tests (Debian package).
+prometheus:
+	@if command -v prometheus >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	else echo "prometheus is missing: install it (e.g. 'apt-get install prometheus') or put it on PATH" >&2; exit 1; fi; \
+	echo "installing prometheus (Debian package)"; \
+	$$SUDO apt-get update -q && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends prometheus
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: venv prometheus
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+models: venv
+	$(BIN)/kservebench train --out trained
+
+bench-hpa: venv prometheus
+	$(BIN)/kservebench bench $(SPEC_DIR)/hpa.yaml --target $(TARGET) --results $(RESULTS)
+
+bench-knative: venv prometheus
+	$(BIN)/kservebench bench $(SPEC_DIR)/knative.yaml --target $(TARGET) --results $(RESULTS)
+
+report: venv
+	$(BIN)/kservebench report $$(ls -d $(RESULTS)/hpa-* | tail -1) $$(ls -d $(RESULTS)/knative-* | tail -1) \
+	    --out $(RESULTS)/compare
+
+cluster:
+	bash manifests/cluster/setup.sh
+
+deploy:
+	kubectl apply -k manifests
+
+bench-models: venv
+	$(BIN)/python benchmarks/models_latency.py
+
+bench-loadgen: venv
+	$(BIN)/python benchmarks/loadgen_capacity.py
+
+bench-analysis: venv
+	$(BIN)/python benchmarks/analysis_speed.py
+
+bench-sim: venv
+	$(BIN)/python benchmarks/sim_speed.py
+
+clean:
+	rm -rf $(VENV) results trained .pytest_cache .ruff_cache
