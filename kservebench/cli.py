@@ -2,16 +2,21 @@
 
 Subcommands are loaded lazily: ``loadgen`` imports Locust, which monkey-patches the
 standard library with gevent, and that must never happen inside ``serve`` or the
-operator. Each entry names the module and the Typer app (or Click command) that
-implements it, so every stage owns its own command-line code.
+operator. Each entry names the module and the Typer app that implements it, so every
+stage owns its own command-line code. The dispatcher is deliberately plain: Typer
+carries its own copy of Click, so a Click group around Typer apps would not catch
+their exit and usage exceptions.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
 
-import click
 import typer
+
+from kservebench import __version__
 
 # name -> ("module:attribute", one-line help shown by `kservebench --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,33 +32,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(target: str) -> click.Command:
-    module_name, attribute = target.split(":")
-    obj = getattr(importlib.import_module(module_name), attribute)
-    if isinstance(obj, typer.Typer):
-        return typer.main.get_command(obj)
-    return obj
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    rows = "\n".join(f"  {name:<{width}}  {COMMANDS[name][1]}" for name in sorted(COMMANDS))
+    return (
+        "Usage: kservebench COMMAND [ARGS]...\n\n"
+        "  Benchmark KServe model serving: HPA (server-based) vs Knative (serverless).\n\n"
+        f"Commands:\n{rows}\n\n"
+        "Run 'kservebench COMMAND --help' for a command's options.\n"
+    )
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        command = _load(COMMANDS[cmd_name][0])
-        command.name = cmd_name
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Listing help must not import every stage (and so Locust): use the table.
-        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+def load_command(name: str) -> typer.Typer:
+    module_name, attribute = COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="kservebench")
-def main() -> None:
-    """Benchmark KServe model serving: HPA (server-based) vs Knative (serverless)."""
+def main(argv: Sequence[str] | None = None, standalone_mode: bool = True) -> None:
+    """Run a subcommand; ``standalone_mode=False`` lets tests see its return value."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        raise SystemExit(0)
+    if args[0] == "--version":
+        sys.stdout.write(f"kservebench {__version__}\n")
+        raise SystemExit(0)
+    name = args[0]
+    if name not in COMMANDS:
+        sys.stderr.write(f"error: unknown command {name!r}\n\n{usage()}")
+        raise SystemExit(2)
+    load_command(name)(args[1:], prog_name=f"kservebench {name}", standalone_mode=standalone_mode)

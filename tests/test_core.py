@@ -68,3 +68,20 @@ def test_managed_process_reports_early_exit(tmp_path):
     with proc, pytest.raises(RuntimeError, match="boom"):
         proc.wait_ready(lambda: False, 10, "dying process")
     assert free_port() > 0
+
+
+def _kservebench(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from kservebench.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+
+def test_subcommand_help_and_usage_errors_exit_cleanly():
+    shown = _kservebench("render", "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert "Traceback" not in shown.stdout + shown.stderr
+    wrong = _kservebench("render", "--no-such-option")
+    assert wrong.returncode == 2
+    assert "Traceback" not in wrong.stderr
+    unknown = _kservebench("no-such-command")
+    assert unknown.returncode == 2
+    assert "unknown command 'no-such-command'" in unknown.stderr
