@@ -1,0 +1,122 @@
+"""ModelDeployment status as pure functions of what the operator saw.
+
+The status carries a ``phase`` for humans and printer columns, a ``Ready`` condition
+(status, reason, message, lastTransitionTime) for tools (``kubectl wait``), and what
+it mirrors from the InferenceService: its name, URL and ready replicas.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kservebench.errors import SpecError
+
+# phase -> what it means
+PHASES = {
+    "Pending": "the InferenceService exists but has not reported readiness yet",
+    "Ready": "the InferenceService is ready to serve",
+    "NotReady": "the InferenceService reports it is not ready",
+    "Recreating": "the deployment mode changed: the old InferenceService is being replaced",
+    "Invalid": "the spec is invalid; no InferenceService was created or changed",
+}
+STATUS_FIELDS = ("phase", "conditions", "inferenceService", "url", "readyReplicas")
+
+
+def now_text() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ready_condition(
+    previous: list[dict[str, Any]] | None, status: str, reason: str, message: str, now: str
+) -> dict[str, Any]:
+    """The Ready condition; lastTransitionTime moves only when ``status`` changes."""
+    before = next((c for c in previous or [] if c.get("type") == "Ready"), None)
+    changed = before is None or before.get("status") != status
+    return {
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now if changed else before.get("lastTransitionTime", now),
+    }
+
+
+def invalid_status(error: SpecError, previous: dict[str, Any] | None, now: str) -> dict[str, Any]:
+    # Mirrored fields are kept: an InferenceService from an earlier valid spec still runs.
+    conditions = (previous or {}).get("conditions")
+    return {
+        "phase": "Invalid",
+        "conditions": [ready_condition(conditions, "False", "InvalidSpec", str(error), now)],
+    }
+
+
+def recreating_status(name: str, previous: dict[str, Any] | None, now: str) -> dict[str, Any]:
+    conditions = (previous or {}).get("conditions")
+    message = f"deployment mode changed: InferenceService {name} is deleted and recreated"
+    return {
+        "phase": "Recreating",
+        "inferenceService": name,
+        "url": None,
+        "readyReplicas": 0,
+        "conditions": [ready_condition(conditions, "False", "ModeChange", message, now)],
+    }
+
+
+def status_from_inference_service(
+    isvc: dict[str, Any], previous: dict[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """Mirror an InferenceService's status into the ModelDeployment's."""
+    name = (isvc.get("metadata") or {}).get("name")
+    isvc_status = isvc.get("status") or {}
+    isvc_ready = next(
+        (c for c in isvc_status.get("conditions") or [] if c.get("type") == "Ready"), None
+    )
+    if isvc_ready is None:
+        phase, status, reason = "Pending", "Unknown", "InferenceServicePending"
+        message = f"waiting for InferenceService {name} to report readiness"
+    elif isvc_ready.get("status") == "True":
+        phase, status, reason = "Ready", "True", "InferenceServiceReady"
+        message = f"InferenceService {name} is ready"
+    else:
+        phase, status = "NotReady", str(isvc_ready.get("status") or "Unknown")
+        reason = isvc_ready.get("reason") or "InferenceServiceNotReady"
+        message = isvc_ready.get("message") or f"InferenceService {name} is not ready"
+    conditions = (previous or {}).get("conditions")
+    return {
+        "phase": phase,
+        "inferenceService": name,
+        "url": _url(isvc_status),
+        "readyReplicas": ready_replicas(isvc_status),
+        "conditions": [ready_condition(conditions, status, reason, message, now)],
+    }
+
+
+def _url(isvc_status: dict[str, Any]) -> str | None:
+    url = isvc_status.get("url")
+    if not url:
+        predictor = (isvc_status.get("components") or {}).get("predictor") or {}
+        url = predictor.get("url")
+    return url or None
+
+
+def ready_replicas(isvc_status: dict[str, Any]) -> int:
+    """Ready copies of the predictor as KServe reports them (total - failed)."""
+    copies = (isvc_status.get("modelStatus") or {}).get("copies") or {}
+    total = int(copies.get("totalCopies") or 0)
+    return max(0, total - int(copies.get("failedCopies") or 0))
+
+
+def status_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether writing ``new`` would change anything (ignoring transition times)."""
+    current = current or {}
+
+    def comparable(status: dict[str, Any]) -> dict[str, Any]:
+        out = {key: status.get(key) for key in new if key != "conditions"}
+        out["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"}
+            for c in status.get("conditions") or []
+        ]
+        return out
+
+    return comparable(current) != comparable(new)
