@@ -12,7 +12,7 @@ RESULTS ?= results
 SPEC_DIR := bench/specs
 
 .PHONY: help venv prometheus test lint format models bench-hpa bench-knative report \
-        cluster deploy bench-loadgen bench-analysis bench-sim bench-models clean
+        cluster deploy crd image bench-loadgen bench-analysis bench-sim bench-models clean
 
 help:
 	@echo "make bench-hpa       run the HPA experiment (local target; TARGET=cluster for a cluster)"
@@ -69,6 +69,14 @@ cluster:
 
 deploy:
 	kubectl apply -k manifests
+
+# The CRD is generated from the same enums and bounds as the Python validation.
+crd: venv
+	$(BIN)/python -m kservebench.operator.crd > manifests/crds/modeldeployment.yaml
+
+IMAGE ?= ghcr.io/kservebench/kservebench:0.1.0
+image:
+	docker build -f manifests/Dockerfile -t $(IMAGE) .
 
 bench-models: venv
 	$(BIN)/python benchmarks/models_latency.py
