@@ -45,7 +45,7 @@ def coerce_records(frame: pd.DataFrame) -> pd.DataFrame:
         if column in frame:
             values = frame[column]
             if dtype in ("string", "bool", "int64"):
-                values = values.fillna(defaults[dtype])
+                values = values.fillna(defaults[dtype]).infer_objects()
             out[column] = values.astype(dtype)
         else:
             out[column] = pd.Series(defaults[dtype], index=frame.index).astype(dtype)
