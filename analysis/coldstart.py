@@ -15,6 +15,7 @@ from itertools import pairwise
 
 import numpy as np
 import pandas as pd
+
 from kservebench.analysis.series import per_model, step_function
 
 # kube-state-metrics families, in lifecycle order.

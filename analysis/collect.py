@@ -19,13 +19,13 @@ from typing import Any
 
 import pandas as pd
 import requests
-from kservebench.analysis.catalog import CATALOG, queries_for, render
 from prometheus_api_client import (
     MetricRangeDataFrame,
     PrometheusApiClientException,
     PrometheusConnect,
 )
 
+from kservebench.analysis.catalog import CATALOG, queries_for, render
 from kservebench.errors import SpecError
 
 SERIES_DIR = "series"

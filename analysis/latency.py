@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pandas as pd
+
 from kservebench.analysis.series import (
     binned_increase,
     bucket_matrix,

@@ -17,11 +17,12 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
 from kservebench.analysis import latency
 from kservebench.analysis.series import step_function
 from kservebench.analysis.summary import RunData
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 
 @dataclass

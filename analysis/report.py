@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from kservebench.analysis import plots
 from kservebench.analysis.summary import (
     DEFAULT_WINDOW_S,

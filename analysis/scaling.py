@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pandas as pd
+
 from kservebench.analysis.series import integrate_step, per_model, step_function, value_at
 
 

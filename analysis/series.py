@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from kservebench.analysis.collect import COLLECTION_FILE, SERIES_DIR
 
 BASE_COLUMNS = ("time_s", "value", "family")

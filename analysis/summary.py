@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from kservebench.analysis import coldstart, latency, scaling
 from kservebench.analysis.catalog import CANONICAL
 from kservebench.analysis.series import load_manifest, load_series, per_model
-
 from kservebench.errors import SpecError
 from kservebench.records import read_records
 from kservebench.results import read_run

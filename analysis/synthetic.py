@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from kservebench.analysis.collect import COLLECTION_FILE, SERIES_DIR
 from kservebench.analysis.series import make_series, write_series
-
 from kservebench.records import RECORD_COLUMNS, RECORDS_FILE, coerce_records
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 from kservebench.loadgen.patterns import parse_duration
-
 from kservebench.procs import ManagedProcess, free_port, http_ok
 
 ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"

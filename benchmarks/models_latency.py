@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import requests
 import typer
-from kservebench.models import MODEL_NAMES, LocalModelServer, read_model_info, train_models
 
 from kservebench.errors import SpecError
+from kservebench.models import MODEL_NAMES, LocalModelServer, read_model_info, train_models
 
 app = typer.Typer(add_completion=False)
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from kservebench.bench.spec import parse_experiment
 from kservebench.loadgen.arrivals import arrival_offsets
 from kservebench.loadgen.patterns import parse_pattern

@@ -21,10 +21,10 @@ from typing import Any
 
 import typer
 import yaml
-from kservebench.loadgen.patterns import Pattern, load_pattern_file, parse_pattern
-from kservebench.loadgen.protocols import build_template, load_instances
 
 from kservebench.errors import SpecError
+from kservebench.loadgen.patterns import Pattern, load_pattern_file, parse_pattern
+from kservebench.loadgen.protocols import build_template, load_instances
 
 app = typer.Typer(add_completion=False, help="Drive traffic at a model and record it.")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kservebench.loadgen.summary import SUMMARY_FILE
 
 # Runs the `kservebench` command of this interpreter, whichever virtualenv it is in.

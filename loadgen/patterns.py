@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kservebench.errors import SpecError
 from kservebench.loadgen.arrivals import ARRIVALS, arrival_offsets, midpoint_grid
 from kservebench.loadgen.traces import TRACES_DIR, parse_offset, read_trace_csv, resolve_trace_file
 from kservebench.loadgen.units import parse_duration, parse_positive_duration, parse_rate
-
-from kservebench.errors import SpecError
 
 # Re-exported: other stages import these from here (one place to look for patterns).
 __all__ = [

@@ -33,17 +33,17 @@ from typing import Any
 import gevent
 import numpy as np
 from gevent.pool import Pool
-from kservebench.loadgen.patterns import Pattern, arrival_offsets
-from kservebench.loadgen.protocols import RequestTemplate
-from kservebench.loadgen.recorder import RecordWriter
-from kservebench.loadgen.streaming import read_stream
-from kservebench.loadgen.summary import SUMMARY_FILE, summarize
 from locust import FastHttpUser, LoadTestShape, constant, task
 from locust.env import Environment
 from locust.html import get_html_report
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter, stats_history
 
 from kservebench.errors import SpecError
+from kservebench.loadgen.patterns import Pattern, arrival_offsets
+from kservebench.loadgen.protocols import RequestTemplate
+from kservebench.loadgen.recorder import RecordWriter
+from kservebench.loadgen.streaming import read_stream
+from kservebench.loadgen.summary import SUMMARY_FILE, summarize
 from kservebench.records import read_records
 from kservebench.results import finish_run, start_run
 

@@ -11,9 +11,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from kservebench.loadgen.units import parse_duration, parse_rate
-
 from kservebench.errors import SpecError
+from kservebench.loadgen.units import parse_duration, parse_rate
 
 TRACES_DIR = Path(__file__).resolve().parent / "traces"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kservebench.models.catalog import Framework, framework_of_artifact
 
 from kservebench.errors import SpecError
+from kservebench.models.catalog import Framework, framework_of_artifact
 
 INFO_FILE = "model-info.yaml"
 

@@ -49,10 +49,11 @@ def train(
     force: bool = typer.Option(False, "--force", help="Retrain even when already current."),
 ) -> None:
     """Train the catalogue's models (or the named ones) into OUT/<name>/."""
-    from kservebench.models.catalog import resolve_names
-    from kservebench.models.train import train_models
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kservebench.models.catalog import resolve_names
+    from kservebench.models.train import train_models
 
     try:
         names = resolve_names(model or None, "--model")

@@ -21,6 +21,7 @@ import numpy as np
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.utils.utils import get_predict_input, get_predict_response
+
 from kservebench.models.artifacts import find_artifact, load_artifact
 from kservebench.models.catalog import Framework
 

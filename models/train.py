@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kservebench.errors import SpecError
 from kservebench.models.artifacts import (
     find_artifact,
     load_artifact,
@@ -31,8 +33,6 @@ from kservebench.models.catalog import (
     make_dataset,
     resolve_names,
 )
-
-from kservebench.errors import SpecError
 
 LIBRARY = {"sklearn": "scikit-learn", "xgboost": "xgboost"}
 SAMPLE_ROWS = 8

@@ -92,6 +92,7 @@ def render(
 def build_registry() -> Any:
     """A kopf registry with our handlers and any optional handler modules present."""
     import kopf
+
     from kservebench.operator import handlers
 
     registry = kopf.OperatorRegistry()

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 import yaml
+
 from kservebench.operator import vocabulary as S
 from kservebench.operator.status import PHASES
 

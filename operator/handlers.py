@@ -26,6 +26,9 @@ from typing import Any
 
 import kopf
 import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from kservebench.errors import SpecError
 from kservebench.operator import reconcile, status
 from kservebench.operator.inferenceservice import (
     ISVC_GROUP,
@@ -35,9 +38,6 @@ from kservebench.operator.inferenceservice import (
     build_inference_service,
 )
 from kservebench.operator.spec import API_GROUP, API_VERSION, PLURAL, parse_model_deployment
-from kubernetes.client.exceptions import ApiException
-
-from kservebench.errors import SpecError
 
 RETRY_DELAY_S = 2.0
 

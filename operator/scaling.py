@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kservebench.errors import SpecError
 from kservebench.operator.vocabulary import (
     DEFAULT_LLM_QUERY,
     DEFAULT_PROMETHEUS_ADDRESS,
@@ -26,8 +27,6 @@ from kservebench.operator.vocabulary import (
     read_number,
     read_string,
 )
-
-from kservebench.errors import SpecError
 
 
 @dataclass(frozen=True)

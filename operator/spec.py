@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kubernetes.utils import parse_quantity
+
+from kservebench.errors import SpecError
 from kservebench.operator.scaling import (
     HPAScaling,
     KnativeScaling,
@@ -53,9 +56,6 @@ from kservebench.operator.vocabulary import (
     read_number,
     read_string,
 )
-from kubernetes.utils import parse_quantity
-
-from kservebench.errors import SpecError
 
 # What other stages import from here (the vocabulary module has the rest).
 __all__ = [

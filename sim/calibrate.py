@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kservebench.sim.distributions import Distribution, Empirical
 
 from kservebench.errors import SpecError
 from kservebench.records import read_records
 from kservebench.results import RUN_FILE
+from kservebench.sim.distributions import Distribution, Empirical
 
 COLD_START_KEYS = ("ready_after_s", "cold_start_s")
 MIN_REQUESTS = 20  # fewer ok requests than this say little about a distribution

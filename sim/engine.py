@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 import simpy
+
 from kservebench.sim.distributions import Constant, Distribution
 
 PENDING, LOADING, READY, TERMINATING, GONE = range(5)

@@ -20,18 +20,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from kservebench.errors import SpecError
 from kservebench.loadgen.arrivals import arrival_offsets
 from kservebench.loadgen.patterns import Pattern, parse_pattern
 from kservebench.loadgen.summary import summarize
+from kservebench.records import RECORDS_FILE, coerce_records
+from kservebench.results import finish_run, start_run
 from kservebench.sim import hpa, kpa
 from kservebench.sim.calibrate import Calibration
 from kservebench.sim.controllers import FixedScale, HpaAutoscaler, KpaAutoscaler
 from kservebench.sim.distributions import Constant, Distribution
 from kservebench.sim.engine import Cluster, ReplicaSpec, Routing, SimResult
-
-from kservebench.errors import SpecError
-from kservebench.records import RECORDS_FILE, coerce_records
-from kservebench.results import finish_run, start_run
 
 SUMMARY_FILE = "summary.json"
 SERIES_DIR = "series"

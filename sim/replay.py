@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from kservebench.sim.calibrate import Calibration
-from kservebench.sim.controllers import FixedScale
-from kservebench.sim.engine import Cluster, ReplicaSpec, Routing
 
 from kservebench.errors import SpecError
 from kservebench.records import coerce_records
+from kservebench.sim.calibrate import Calibration
+from kservebench.sim.controllers import FixedScale
+from kservebench.sim.engine import Cluster, ReplicaSpec, Routing
 
 
 def replay_records(

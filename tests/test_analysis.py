@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
 from kservebench.analysis import coldstart, latency, scaling, series
 from kservebench.analysis.catalog import CANONICAL, CATALOG, queries_for
 from kservebench.analysis.cli import analyze_app, report_app
 from kservebench.analysis.collect import chunks, parse_step, tidy
 from kservebench.analysis.report import build_report
 from kservebench.analysis.summary import load_run, slo_from_run
-from typer.testing import CliRunner
-
 from kservebench.errors import SpecError
 from kservebench.records import coerce_records
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
 from kservebench.analysis import coldstart, scaling
 from kservebench.analysis.catalog import CATALOG
 from kservebench.analysis.cli import analyze_app, report_app
@@ -33,8 +35,6 @@ from kservebench.analysis.prometheus_local import (
     remote_write,
     wait_for_series,
 )
-from typer.testing import CliRunner
-
 from kservebench.records import coerce_records, read_records
 
 pytestmark = pytest.mark.slow

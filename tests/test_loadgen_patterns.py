@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+
+from kservebench.errors import SpecError
 from kservebench.loadgen.mmpp import mmpp_rates, write_trace
 from kservebench.loadgen.patterns import (
     arrival_offsets,
@@ -22,8 +24,6 @@ from kservebench.loadgen.protocols import build_template, load_instances
 from kservebench.loadgen.recorder import RecordWriter
 from kservebench.loadgen.streaming import read_stream
 from kservebench.loadgen.summary import interarrival_cv, summarize
-
-from kservebench.errors import SpecError
 from kservebench.records import read_records
 
 

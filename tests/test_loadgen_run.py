@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from kservebench.loadgen.launch import run_loadgen
 from kservebench.loadgen.patterns import arrival_offsets, parse_pattern
 from kservebench.loadgen.summary import interarrival_cv
-
 from kservebench.procs import ManagedProcess, free_port, http_ok
 from kservebench.records import RECORD_COLUMNS, read_records
 from kservebench.results import read_run

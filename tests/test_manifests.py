@@ -8,10 +8,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from kservebench.operator.crd import CEL_RULES, generate_crd
-from kservebench.operator.spec import parse_model_deployment
 
 from kservebench.errors import SpecError
+from kservebench.operator.crd import CEL_RULES, generate_crd
+from kservebench.operator.spec import parse_model_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from kservebench.models import MODEL_NAMES, find_artifact, read_model_info, train_models
-from kservebench.models.catalog import ARTIFACT_EXTENSIONS, CATALOG, make_dataset
 from prometheus_client.parser import text_string_to_metric_families
 
 from kservebench.cli import main
 from kservebench.errors import SpecError
+from kservebench.models import MODEL_NAMES, find_artifact, read_model_info, train_models
+from kservebench.models.catalog import ARTIFACT_EXTENSIONS, CATALOG, make_dataset
 
 EXPECTED_NAMES = [
     "sklearn-small",

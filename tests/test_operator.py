@@ -18,6 +18,7 @@ import kopf
 import kubernetes
 import pytest
 import yaml
+
 from kservebench.operator import handlers
 from kservebench.operator.inferenceservice import (
     DEPLOYMENT_MODE_ANNOTATION,

@@ -4,6 +4,8 @@ import copy
 from pathlib import Path
 
 import yaml
+
+from kservebench.errors import SpecError
 from kservebench.operator import status
 from kservebench.operator.inferenceservice import (
     DEPLOYMENT_MODE_ANNOTATION,
@@ -11,8 +13,6 @@ from kservebench.operator.inferenceservice import (
 )
 from kservebench.operator.reconcile import LAST_APPLIED, merge_patch, plan, with_last_applied
 from kservebench.operator.spec import parse_model_deployment
-
-from kservebench.errors import SpecError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"

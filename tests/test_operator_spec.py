@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from kservebench.errors import SpecError
 from kservebench.operator.spec import (
     Metric,
     Mode,
@@ -14,8 +16,6 @@ from kservebench.operator.spec import (
     parse_model_deployment,
     parse_scaling,
 )
-
-from kservebench.errors import SpecError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
 SAMPLE_NAMES = [f"{k}-{m}" for k in ("sklearn", "xgboost", "llm") for m in ("hpa", "knative")]

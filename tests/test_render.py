@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from kservebench.errors import SpecError
 from kservebench.operator.inferenceservice import (
     AUTOSCALER_CLASS_ANNOTATION,
     DEPLOYMENT_MODE_ANNOTATION,
@@ -18,8 +20,6 @@ from kservebench.operator.inferenceservice import (
 )
 from kservebench.operator.sdk_schema import validate_inference_service, validate_model
 from kservebench.operator.spec import DeploymentModeNames, Mode, parse_model_deployment
-
-from kservebench.errors import SpecError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
 SAMPLE_NAMES = [f"{k}-{m}" for k in ("sklearn", "xgboost", "llm") for m in ("hpa", "knative")]

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from kservebench.loadgen.arrivals import arrival_offsets
 from kservebench.loadgen.patterns import parse_pattern
 from kservebench.sim import hpa, kpa

@@ -8,17 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from kservebench.bench.spec import parse_experiment
+from kservebench.errors import SpecError
+from kservebench.records import RECORD_COLUMNS, read_records
+from kservebench.results import read_run, start_run
 from kservebench.sim.calibrate import (
     calibrate_from_run,
     cold_starts_in_series,
     service_times_fifo,
 )
 from kservebench.sim.experiment import SimOptions, simulate_experiment
-
-from kservebench.errors import SpecError
-from kservebench.records import RECORD_COLUMNS, read_records
-from kservebench.results import read_run, start_run
 
 SPEC = {
     "name": "sim-test",

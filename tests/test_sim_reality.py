@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-from kservebench.sim.calibrate import calibrate_from_run
-from kservebench.sim.replay import replay_records
 
 from kservebench.records import read_records
+from kservebench.sim.calibrate import calibrate_from_run
+from kservebench.sim.replay import replay_records
 
 MODEL = "sklearn-medium"
 SEEDS = 9  # median over seeds: the comparison is with the model, not with one draw
