@@ -9,6 +9,9 @@ export PYTHONSAFEPATH := 1
 
 TARGET ?= local
 RESULTS ?= results
+# Cluster target: the Prometheus to read series from (e.g. a port-forward).
+PROM_URL ?=
+BENCH_ARGS = --target $(TARGET) --results $(RESULTS) $(if $(PROM_URL),--prometheus-url $(PROM_URL))
 SPEC_DIR := bench/specs
 
 .PHONY: help venv prometheus test lint format models bench-hpa bench-knative report \
@@ -55,14 +58,17 @@ models: venv
 	$(BIN)/kservebench train --out trained
 
 bench-hpa: venv prometheus
-	$(BIN)/kservebench bench $(SPEC_DIR)/hpa.yaml --target $(TARGET) --results $(RESULTS)
+	$(BIN)/kservebench bench $(SPEC_DIR)/hpa.yaml $(BENCH_ARGS)
 
 bench-knative: venv prometheus
-	$(BIN)/kservebench bench $(SPEC_DIR)/knative.yaml --target $(TARGET) --results $(RESULTS)
+	$(BIN)/kservebench bench $(SPEC_DIR)/knative.yaml $(BENCH_ARGS)
 
 report: venv
-	$(BIN)/kservebench report $$(ls -d $(RESULTS)/hpa-* | tail -1) $$(ls -d $(RESULTS)/knative-* | tail -1) \
-	    --out $(RESULTS)/compare
+	@hpa=$$(ls -d $(RESULTS)/hpa-* 2>/dev/null | tail -1); kn=$$(ls -d $(RESULTS)/knative-* 2>/dev/null | tail -1); \
+	if [ -z "$$hpa" ] || [ -z "$$kn" ]; then \
+	    echo "make report compares the newest hpa and knative runs in $(RESULTS)/: run make bench-hpa and make bench-knative first" >&2; exit 1; fi; \
+	echo "comparing $$hpa and $$kn"; \
+	$(BIN)/kservebench report "$$hpa" "$$kn" --out $(RESULTS)/compare
 
 cluster:
 	bash manifests/cluster/setup.sh
