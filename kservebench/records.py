@@ -43,13 +43,21 @@ def coerce_records(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=frame.index)
     for column, dtype in RECORD_COLUMNS.items():
         if column in frame:
-            values = frame[column]
-            if dtype in ("string", "bool", "int64"):
-                values = values.fillna(defaults[dtype]).infer_objects()
-            out[column] = values.astype(dtype)
+            out[column] = _fill(frame[column], dtype, defaults[dtype])
         else:
             out[column] = pd.Series(defaults[dtype], index=frame.index).astype(dtype)
     return out
+
+
+def _fill(values: pd.Series, dtype: str, default: object) -> pd.Series:
+    if dtype == "float64":
+        return pd.to_numeric(values, errors="coerce").astype(dtype)
+    if dtype == "string":
+        return values.astype("string").fillna(default)
+    # Missing ints and bools take their default; go through a nullable dtype so pandas
+    # never has to downcast an object column.
+    nullable = "Int64" if dtype == "int64" else "boolean"
+    return values.astype(nullable).fillna(default).astype(dtype)
 
 
 def read_records(path: Path) -> pd.DataFrame:
