@@ -5,13 +5,10 @@ made, move the Job's status as the Job controller would, and read the Benchmark'
 """
 
 import asyncio
-import contextlib
 import uuid
 
 import aiohttp
 import kmock
-import kopf
-import kubernetes
 import pytest
 import yaml
 
@@ -30,39 +27,14 @@ GOOD_SPEC = {
 
 
 @pytest.fixture
-async def operator(kmock):
+async def operator(kmock, kopf_operator):
     kmock.resources.load_bundled()
     kmock.resources[BENCHMARKS] = kmock.ResourceInfo(
         kind="Benchmark", singular="benchmark", namespaced=True,
         verbs={"list", "watch", "get", "create", "patch", "delete"}, subresources={"status"},
     )  # fmt: skip
-    url = str(kmock.url).rstrip("/")
-    # The handlers use the kubernetes client with the operator's configuration.
-    config = kubernetes.client.Configuration()
-    config.host = url
-    previous = kubernetes.client.Configuration.get_default_copy()
-    kubernetes.client.Configuration.set_default(config)
-
-    registry = kopf.OperatorRegistry()
-    benchmark.register(registry)
-
-    @kopf.on.login(registry=registry)
-    def login(**_):
-        return kopf.ConnectionInfo(server=url)
-
-    settings = kopf.OperatorSettings()
-    settings.peering.standalone = True
-    settings.watching.reconnect_backoff = 0.2
-    task = asyncio.create_task(
-        kopf.operator(registry=registry, settings=settings, standalone=True, clusterwide=True)
-    )
-    try:
-        yield kmock
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        kubernetes.client.Configuration.set_default(previous)
+    await kopf_operator(benchmark.register)
+    return kmock
 
 
 async def api(kmock, method, path, body=None):

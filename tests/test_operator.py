@@ -7,15 +7,12 @@ collector, so the InferenceService's status is moved by hand and deletions are e
 """
 
 import asyncio
-import contextlib
 import copy
 import sys
 import uuid
 from pathlib import Path
 
 import aiohttp
-import kopf
-import kubernetes
 import pytest
 import yaml
 
@@ -58,36 +55,10 @@ async def api_server(kmock):
 
 
 @pytest.fixture
-async def operator(api_server):
+async def operator(api_server, kopf_operator):
     """The handlers in a kopf operator in this event loop, talking to ``api_server``."""
-    kmock = api_server
-    url = str(kmock.url).rstrip("/")
-    # The handlers use the kubernetes client's default configuration, as in a cluster.
-    config = kubernetes.client.Configuration()
-    config.host = url
-    previous = kubernetes.client.Configuration.get_default_copy()
-    kubernetes.client.Configuration.set_default(config)
-
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry)
-
-    @kopf.on.login(registry=registry)
-    def login(**_):
-        return kopf.ConnectionInfo(server=url)
-
-    settings = kopf.OperatorSettings()
-    settings.peering.standalone = True
-    settings.watching.reconnect_backoff = 0.2
-    task = asyncio.create_task(
-        kopf.operator(registry=registry, settings=settings, standalone=True, clusterwide=True)
-    )
-    try:
-        yield kmock
-    finally:
-        task.cancel()  # milliseconds; a stop flag takes ~5 s
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        kubernetes.client.Configuration.set_default(previous)
+    await kopf_operator(handlers.register)
+    return api_server
 
 
 async def api(kmock, method, path, body=None):
