@@ -26,7 +26,7 @@ import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from kservebench.errors import SpecError
-from kservebench.procs import ManagedProcess, free_port, http_ok, wait_until
+from kservebench.procs import LocalServer, ManagedProcess, free_port, http_ok, wait_until
 
 PROMETHEUS_BINARY = "prometheus"
 
@@ -62,7 +62,7 @@ def scrape_config(
     return config
 
 
-class LocalPrometheus:
+class LocalPrometheus(LocalServer):
     """A Prometheus server on 127.0.0.1 scraping ``targets``; a context manager.
 
     ``data_dir`` holds the TSDB, the config and the log; without it a temporary folder is
@@ -145,18 +145,6 @@ class LocalPrometheus:
         self.process.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalPrometheus:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --- remote write -----------------------------------------------------------------------

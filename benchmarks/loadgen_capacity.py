@@ -27,9 +27,8 @@ import tempfile
 from pathlib import Path
 
 from kservebench.loadgen.patterns import parse_duration
-from kservebench.procs import ManagedProcess, free_port, http_ok
+from kservebench.procs import ManagedProcess, free_port, http_ok, kservebench_argv
 
-ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"
 LAG_P99_LIMIT_MS = 10.0
 RATES = (100, 200, 400, 700, 1000, 1400, 2000, 2800, 4000)
 ENV = {**os.environ, "PYTHONSAFEPATH": "1", "CI": "1"}
@@ -40,10 +39,7 @@ def pinned(argv: list[str], core: int) -> list[str]:
 
 
 def loadgen_run(url: str, model: str, rate: int, duration: str, out: Path, rows: str) -> dict:
-    argv = [
-        sys.executable,
-        "-c",
-        ENTRY,
+    argv = kservebench_argv(
         "loadgen",
         "--url",
         url,
@@ -63,7 +59,7 @@ def loadgen_run(url: str, model: str, rate: int, duration: str, out: Path, rows:
         "10s",
         "--out",
         str(out),
-    ]
+    )
     done = subprocess.run(pinned(argv, 0), capture_output=True, text=True, env=ENV, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed at {rate}/s:\n{done.stderr[-2000:]}")

@@ -11,11 +11,22 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 import requests
+
+# Runs the `kservebench` command of this interpreter, whichever virtualenv it is in, and
+# exits with its status (the console script may not be on PATH in tests or subprocesses).
+_ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"
+
+
+def kservebench_argv(*args: str) -> list[str]:
+    """The argv that runs ``kservebench ARGS...`` with this interpreter."""
+    return [sys.executable, "-c", _ENTRY, *args]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -128,6 +139,35 @@ class ManagedProcess:
 
     def __enter__(self) -> ManagedProcess:
         return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalServer:
+    """A local server as a context manager: started and ready on entry, stopped on exit.
+
+    Subclasses implement ``start``, ``wait_ready`` and ``stop``; a server that fails to
+    get ready is stopped before the error propagates, so nothing is left running.
+    """
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def wait_ready(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kservebench.loadgen.summary import SUMMARY_FILE
-
-# Runs the `kservebench` command of this interpreter, whichever virtualenv it is in.
-_ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"
+from kservebench.procs import kservebench_argv
 
 
 def loadgen_argv(
@@ -32,7 +29,7 @@ def loadgen_argv(
 ) -> list[str]:
     """The command line; ``options`` are further flags by name (``users=8``,
     ``drain_timeout="60s"``, ``protocol="v2"``, ``chat=True``, ``prompt=["a", "b"]``)."""
-    argv = [sys.executable, "-c", _ENTRY, "loadgen", "--url", url, "--model", model]
+    argv = kservebench_argv("loadgen", "--url", url, "--model", model)
     argv += ["--pattern-file", str(pattern_file), "--arrival", arrival, "--out", str(out_dir)]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")

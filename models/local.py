@@ -11,18 +11,14 @@ simulator uses it as the time a new replica takes to serve its first request.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from kservebench.procs import ManagedProcess, free_port, http_ok
-
-# Runs the `kservebench` command of this interpreter, whichever virtualenv it is in.
-_ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"
+from kservebench.procs import LocalServer, ManagedProcess, free_port, http_ok, kservebench_argv
 
 
-class LocalModelServer:
+class LocalModelServer(LocalServer):
     """``kservebench serve`` for ``model_dir`` under ``name`` on 127.0.0.1:``port``."""
 
     def __init__(
@@ -70,10 +66,7 @@ class LocalModelServer:
         return f"{self.url}/v2/models/{self.name}/ready"
 
     def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-c",
-            _ENTRY,
+        return kservebench_argv(
             "serve",
             "--model-dir",
             str(self.model_dir),
@@ -83,7 +76,7 @@ class LocalModelServer:
             str(self.port),
             "--workers",
             str(self.workers),
-        ]
+        )
 
     @property
     def pid(self) -> int:
@@ -123,15 +116,3 @@ class LocalModelServer:
 
     def log_tail(self, lines: int = 30) -> str:
         return self.process.log_tail(lines)
-
-    def __enter__(self) -> LocalModelServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
