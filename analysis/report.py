@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from kservebench.analysis import plots
+from kservebench.analysis.projection import RUN_KEY, Projection, load_projection
 from kservebench.analysis.summary import (
     DEFAULT_WINDOW_S,
     RunData,
@@ -155,6 +156,78 @@ def resources_table(summary: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def replicas_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """Replicas over time, per model and pattern (a projection's ``replicas_by_pattern``)."""
+    rows = []
+    start = summary["window"]["start_s"]
+    for r in summary.get("replicas_by_pattern") or []:
+        rows.append(
+            {
+                "model": r["model"],
+                "pattern": r["pattern"],
+                "from / to (s)": f"{_fmt(r['from_s'] - start, 0)} / {_fmt(r['to_s'] - start, 0)}",
+                "replicas mean": _fmt(r["replicas_mean"], 2),
+                "min / max": f"{_fmt(r['replicas_min'], 0)} / {_fmt(r['replicas_max'], 0)}",
+                "most desired": _fmt(r["desired_max"], 0),
+                "replica-s": _fmt(r["replica_seconds"], 0),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def projection_blocks(projection: dict[str, Any], run_label: str) -> list[Block]:
+    """A run's simulated projection beside its measured sections, labelled as simulated;
+    a missing one says so (the measured sections stand on their own)."""
+    title = projection["title"]
+    out = [Block("h2", f"{title} — {run_label}")]
+    summary = projection.get("summary")
+    if projection.get("error") or summary is None:
+        reason = projection.get("error") or "its folder was not found"
+        out.append(
+            Block("warn", f"{title}: missing ({reason}). The measured results above are complete.")
+        )
+        return out
+    plane = projection.get("control_plane") or projection.get("mode") or "the autoscaler"
+    out.append(
+        Block(
+            "warn",
+            f"SIMULATED, not measured: the discrete-event simulator's {plane} control plane "
+            "playing this experiment's traffic, with the service times and cold starts "
+            f"measured in this run (folder `{projection.get('folder', '')}`).",
+        )
+    )
+    colds = summary["cold_starts"]
+    out.append(
+        Block(
+            "text",
+            f"{_fmt(summary['requests'])} requests, p95 {_latency_cell('p95', summary)} ms, "
+            f"SLO attainment {_pct(summary['slo_attainment'])}; cold starts "
+            f"{colds['count']} (p50 / max {_fmt(colds['p50_s'])} / {_fmt(colds['max_s'])} s); "
+            f"replica-seconds {_fmt(summary['replica_seconds'], 0)}.",
+        )
+    )
+    for heading, table in (
+        ("Simulated latency and throughput per model and pattern", pattern_table(summary)),
+        ("Simulated replicas over time, per pattern", replicas_table(summary)),
+        ("Simulated cold-start episodes", episodes_table(summary)),
+        ("Simulated resources and provisioning", resources_table(summary)),
+    ):
+        out.append(Block("h3", heading))
+        out.append(Block("table", table) if len(table) else Block("text", "none"))
+    return out
+
+
+def _with_projections(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run followed by its projection's summary, where it has one."""
+    out: list[dict[str, Any]] = []
+    for s in summaries:
+        out.append(s)
+        projected = (s.get(RUN_KEY) or {}).get("summary")
+        if projected is not None:
+            out.append(projected)
+    return out
+
+
 def blocks(summaries: Sequence[dict[str, Any]], images: dict[str, bytes]) -> list[Block]:
     title = "kservebench report" + (" — comparison" if len(summaries) > 1 else "")
     out = [Block("h1", title)]
@@ -176,7 +249,7 @@ def blocks(summaries: Sequence[dict[str, Any]], images: dict[str, bytes]) -> lis
                     "(the sections that need them are left out).",
                 )
             )
-    out += [Block("h2", "Overview"), Block("table", overview_table(summaries))]
+    out += [Block("h2", "Overview"), Block("table", overview_table(_with_projections(summaries)))]
     for name, (caption, _) in plots.PLOTS.items():
         if name in images:
             out += [Block("h2", caption), Block("image", name, caption)]
@@ -201,6 +274,8 @@ def blocks(summaries: Sequence[dict[str, Any]], images: dict[str, bytes]) -> lis
         if sources:
             text = ", ".join(f"{k} ← {v}" for k, v in sorted(sources.items()))
             out += [Block("h3", "Series sources"), Block("text", text)]
+        if s.get(RUN_KEY):
+            out += projection_blocks(s[RUN_KEY], s["label"])
     return out
 
 
@@ -274,12 +349,21 @@ def build_report(
     out = Path(out) if out else default_out(dirs)
     runs: list[RunData] = []
     summaries: list[dict[str, Any]] = []
+    plotted: list[tuple[RunData, dict[str, Any]]] = []  # each run, then its projection
     for d in dirs:
         say(f"loading {d}")
         runs.append(load_run(Path(d)))
         say(f"computing metrics for {d}")
         summaries.append(summarize(runs[-1], slo_ms, window_s, rps_per_replica))
-    inputs = [plots.prepare(r, s, window_s) for r, s in zip(runs, summaries, strict=True)]
+        plotted.append((runs[-1], summaries[-1]))
+        projection: Projection | None = load_projection(
+            runs[-1], slo_ms or summaries[-1]["slo_ms"], window_s, rps_per_replica
+        )
+        if projection is not None:
+            summaries[-1][RUN_KEY] = projection.as_dict()
+            if projection.data is not None and projection.summary is not None:
+                plotted.append((projection.data, projection.summary))
+    inputs = [plots.prepare(r, s, window_s) for r, s in plotted]
     images: dict[str, bytes] = {}
     for name, (_, build) in plots.PLOTS.items():
         say(f"plotting {name}")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kservebench.analysis.collect import COLLECTION_FILE, SERIES_DIR
+from kservebench.results import files_of_run
 
 BASE_COLUMNS = ("time_s", "value", "family")
 
@@ -25,9 +26,8 @@ BASE_COLUMNS = ("time_s", "value", "family")
 def load_series(run_dir: Path) -> dict[str, pd.DataFrame]:
     """Every ``series/<family>.parquet`` of a results folder (also below subfolders)."""
     frames: dict[str, list[pd.DataFrame]] = {}
-    for path in sorted(Path(run_dir).rglob(f"{SERIES_DIR}/*.parquet")):
-        if "report" in path.relative_to(run_dir).parts:
-            continue
+    # The report's own files and a nested simulated projection are not this run's.
+    for path in files_of_run(run_dir, f"{SERIES_DIR}/*.parquet", skip=("report",)):
         frames.setdefault(path.stem, []).append(pd.read_parquet(path))
     return {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kservebench.analysis import coldstart, latency, scaling
+from kservebench.analysis import coldstart, inflight, latency, scaling
 from kservebench.analysis.catalog import CANONICAL
 from kservebench.analysis.series import load_manifest, load_series, per_model
 from kservebench.errors import SpecError
@@ -49,8 +49,14 @@ class RunData:
         return f"{name} (simulated)" if self.simulated else str(name)
 
     def window(self) -> tuple[float, float]:
-        """run.json's started_at/ended_at, else the records' span, else the series' span."""
+        """run.json's started_at/ended_at, else the records' span, else the series' span.
+
+        A simulation's clock is not the wall clock: its run.json names the span it
+        simulated (``simulated_span``), which is the window then."""
         start, end = self.run.get("started_at"), self.run.get("ended_at")
+        span = self.run.get("simulated_span")
+        if isinstance(span, list) and len(span) == 2:
+            start, end = span
         if isinstance(start, int | float) and isinstance(end, int | float) and end > start:
             return float(start), float(end)
         r_start, r_end = latency.run_window(self.records)
@@ -67,8 +73,26 @@ def load_run(path: Path) -> RunData:
     path = Path(path)
     if not path.is_dir():
         raise SpecError("DIR", str(path), "not a results folder")
-    records = read_records(path)
-    return RunData(path, read_run(path), records, load_series(path), load_manifest(path))
+    records = read_records(path)  # a nested simulated projection is a run of its own
+    series, manifest = load_series(path), load_manifest(path)
+    if inflight.FAMILY not in series and len(records):
+        series, manifest = with_derived_in_flight(records, series, manifest)
+    return RunData(path, read_run(path), records, series, manifest)
+
+
+def with_derived_in_flight(
+    records: pd.DataFrame, series: dict[str, pd.DataFrame], manifest: dict[str, Any]
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Add ``requests_in_flight`` counted from the records (the local target exports
+    none), and say so in the manifest: its source is "records", not Prometheus."""
+    frame = inflight.in_flight_from_records(records)
+    if frame.empty:
+        return series, manifest
+    manifest = dict(manifest)
+    manifest["sources"] = {**(manifest.get("sources") or {}), inflight.FAMILY: inflight.SOURCE}
+    if inflight.FAMILY in (manifest.get("missing") or []):
+        manifest["missing"] = [f for f in manifest["missing"] if f != inflight.FAMILY]
+    return {**series, inflight.FAMILY: frame}, manifest
 
 
 def find_setting(obj: Any, key: str) -> Any:

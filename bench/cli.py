@@ -75,6 +75,13 @@ def bench(
         bool | None,
         typer.Option("--progress/--no-progress", help="Live panel (default: on a terminal)."),
     ] = None,
+    project: Annotated[
+        bool,
+        typer.Option(
+            "--project/--no-project",
+            help="Local: add the simulated HPA/KPA projection, calibrated from the run.",
+        ),
+    ] = True,
 ) -> None:
     """Deploy, wait ready, warm up, run every pattern, collect series, write the report."""
     from kservebench.bench.runner import ExperimentRun
@@ -89,11 +96,19 @@ def bench(
     except SpecError as err:
         raise _fail(f"{spec}: {err}") from None
 
+    after_run: Any = None  # runner.AfterRun
     if target == "local":
         from kservebench.bench.local import LocalTarget
 
         def make_target(run_dir: Path) -> Any:
             return LocalTarget(experiment, run_dir, trained)
+
+        if project:
+            # Fixed replicas here: the autoscaler's behaviour is simulated, calibrated
+            # from this run's own measurements, and reported beside them.
+            from kservebench.sim.projection import project_run
+
+            after_run = project_run
     else:
         from kservebench.bench.cluster import ClusterTarget
 
@@ -105,7 +120,9 @@ def bench(
 
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        run = ExperimentRun(experiment, make_target, results, live=progress, spec_path=spec)
+        run = ExperimentRun(
+            experiment, make_target, results, live=progress, after_run=after_run, spec_path=spec
+        )
         status = run.execute()
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -43,6 +43,13 @@ class Phase:
         return f"{self.model.name}: {what}{rep}"
 
 
+def arrival_seed(phase: Phase) -> int:
+    """Seed of a phase's request times: the same pattern gets the same arrivals in every
+    experiment and for every model (hpa and knative runs, and the simulated projection,
+    see identical traffic); repetitions differ."""
+    return 1000 * phase.repetition + (phase.pattern.index if phase.pattern is not None else 999)
+
+
 def warmup_pattern(experiment: Experiment) -> dict[str, Any]:
     """Warm-up traffic: a constant load at the first pattern's mean rate.
 

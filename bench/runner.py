@@ -6,7 +6,10 @@ One results folder per run (``<results>/<name>-<UTC timestamp>/``)::
     logs/                    model server logs (local target)
     warmup/<model>/          warm-up load (records kept as warmup-records.csv, not analysed)
     loads/<model>/<i>-<type>/  one `kservebench loadgen` run per pattern: records.csv, ...
+                             (`<i>-<type>` is also the records' `pattern` label)
     series/                  Prometheus series for the run's window (parquet)
+    simulated/               local target: the simulated HPA/KPA projection, calibrated
+                             from this run (a `kservebench simulate` results folder)
     report/                  `kservebench report` output
 
 Traffic runs through the ``kservebench loadgen`` command in a child process: Locust's
@@ -21,7 +24,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,24 +32,31 @@ from typing import Any, Protocol
 
 import yaml
 
-from kservebench.bench.plan import Phase, plan_phases, seconds_left, warmup_pattern
+from kservebench.bench.plan import (
+    Phase,
+    arrival_seed,
+    plan_phases,
+    seconds_left,
+    warmup_pattern,
+)
 from kservebench.bench.progress import Progress, live_numbers
 from kservebench.bench.spec import Experiment
-from kservebench.procs import ManagedProcess
+from kservebench.procs import ManagedProcess, kservebench_argv
 from kservebench.records import RECORDS_FILE
 from kservebench.results import finish_run, start_run, write_run
 
-# The `kservebench` command of this interpreter, whichever virtualenv it is in.
-_ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"
 _CHILD_ENV = {"PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1"}
 PATTERN_FILE = "pattern.yaml"
 WARMUP_RECORDS = "warmup-records.csv"  # renamed so the analysis leaves warm-up out
 INTERRUPT_GRACE_S = 15.0  # loadgen writes its summary after SIGINT
 TICK_S = 0.5
 
-# Called after the report with the results folder: the hook where a simulated HPA/KPA
-# projection of a local run is added (kservebench.sim), once the simulator offers it.
-AfterRun = Callable[[Path, Experiment], None]
+# Called after a finished run's traffic, servers stopped, before the report: the local
+# target adds the simulated HPA/KPA projection (kservebench.sim.project_run). What it
+# returns goes to run.json under PROJECTION_KEY; if it raises, the error does, and the
+# measured results are reported all the same.
+AfterRun = Callable[[Path, Experiment], dict[str, Any]]
+PROJECTION_KEY = "simulated_projection"
 
 
 class Target(Protocol):
@@ -62,10 +71,6 @@ class Target(Protocol):
     def prometheus_url(self) -> str | None: ...
     def collect_options(self) -> dict[str, Any]: ...
     def describe(self) -> dict[str, Any]: ...
-
-
-def kservebench_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", _ENTRY, *args]
 
 
 def results_folder(root: Path, name: str, now: datetime | None = None) -> Path:
@@ -85,10 +90,11 @@ def loadgen_args(
         "--batch", str(phase.model.batch),
         "--pattern-file", str(out / PATTERN_FILE),
         "--arrival", experiment.arrival,
+        # The pattern's name in the spec (`1-ramp`): records of two patterns of one type
+        # stay apart, and the simulated projection writes the same names.
+        "--pattern-label", phase.pattern.label if phase.pattern else phase.kind,
         "--out", str(out),
-        # Same arrivals for the same pattern in every experiment: hpa and knative runs
-        # see identical request times; repetitions differ.
-        "--seed", str(1000 * phase.repetition + (phase.pattern.index if phase.pattern else 999)),
+        "--seed", str(arrival_seed(phase)),
         "--no-progress",
     ]  # fmt: skip
     if model_dir is not None:
@@ -153,11 +159,11 @@ class ExperimentRun:
                     self.target.stop()
                 except Exception as err:  # still finish run.json; say what may be left
                     self.run["teardown_error"] = f"{type(err).__name__}: {err}"
+            if self.after_run is not None and status == "finished":
+                self._after_run(self.after_run)
             # The report reads run.json: give it the final status and window first.
             finish_run(self.out, self.run, status=status)
             self._report()
-            if self.after_run is not None and status == "finished":
-                self.after_run(self.out, self.experiment)
             write_run(self.out, self.run)
         return status
 
@@ -230,6 +236,16 @@ class ExperimentRun:
             self.run["series"] = {"prometheus_url": url, **collection.manifest()}
         except (Exception, KeyboardInterrupt) as err:  # a second Ctrl-C skips collection
             self.run["series"] = f"not collected: {type(err).__name__}: {err}"
+
+    def _after_run(self, hook: AfterRun) -> None:
+        self.progress.step("simulating the autoscaler's projection, calibrated from this run")
+        started = time.monotonic()
+        try:
+            entry = hook(self.out, self.experiment)
+        except (Exception, KeyboardInterrupt) as err:  # never at the measured results' cost
+            entry = {"error": f"{type(err).__name__}: {err}", "mode": self.experiment.mode}
+            self.progress.step(f"no simulated projection: {entry['error']}")
+        self.run[PROJECTION_KEY] = {**entry, "wall_s": round(time.monotonic() - started, 2)}
 
     def _report(self) -> None:
         if not any((self.out / "loads").rglob(RECORDS_FILE)):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kservebench.results import files_of_run
+
 RECORDS_FILE = "records.csv"
 
 # column -> pandas dtype. Order is the CSV column order.
@@ -61,9 +63,10 @@ def _fill(values: pd.Series, dtype: str, default: object) -> pd.Series:
 
 
 def read_records(path: Path) -> pd.DataFrame:
-    """Records from one CSV file, or from every ``records.csv`` below a folder."""
+    """Records from one CSV file, or from every ``records.csv`` of a results folder
+    (not those of its nested simulated projection)."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(path.rglob(RECORDS_FILE))
+    files = [path] if path.is_file() else files_of_run(path, RECORDS_FILE)
     # Only an empty field is missing: an error text such as "NA" stays text.
     frames = [pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in files]
     frames = [f for f in frames if len(f)]

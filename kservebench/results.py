@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
+# A measured local run holds its simulated projection (a complete results folder of its
+# own) in this subfolder; readers of the measured run must never mix the two.
+PROJECTION_DIR = "simulated"
+CONTROL_PLANES = {"hpa": "HPA", "knative": "Knative KPA"}
 LIBRARIES = (
     "kservebench",
     "kserve",
@@ -29,6 +33,26 @@ LIBRARIES = (
     "xgboost-cpu",
     "simpy",
 )
+
+
+def projection_title(mode: str) -> str:
+    """The heading a projection gets: says it is simulated, and from what."""
+    plane = CONTROL_PLANES.get(mode, mode)
+    return f"Simulated {plane} projection (calibrated from this run)"
+
+
+def files_of_run(run_dir: Path, pattern: str, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Files matching ``pattern`` below ``run_dir`` that belong to this run itself.
+
+    A nested simulated projection is a run of its own and is left out, as are files
+    below any folder named in ``skip``."""
+    run_dir = Path(run_dir)
+    skipped = {PROJECTION_DIR, *skip}
+    return [
+        path
+        for path in sorted(run_dir.rglob(pattern))
+        if not skipped & set(path.relative_to(run_dir).parts[:-1])
+    ]
 
 
 def library_versions() -> dict[str, str | None]:

@@ -94,6 +94,12 @@ def loadgen(
     pattern_file: Path | None = typer.Option(
         None, "--pattern-file", help="YAML pattern spec (or a mapping with `pattern:`)."
     ),
+    pattern_label: str | None = typer.Option(
+        None,
+        "--pattern-label",
+        help="Name in the records' `pattern` column and summary.json (default: the type); "
+        "e.g. `1-ramp` keeps two patterns of one type apart.",
+    ),
     arrival: str = typer.Option("poisson", "--arrival", help="poisson|constant|closed"),
     users: int = typer.Option(4, "--users", help="Closed loop: number of users."),
     think_time: str = typer.Option("0s", "--think-time", help="Closed loop: minimum think time."),
@@ -168,6 +174,9 @@ def _run(**opts: Any) -> dict[str, Any]:
         raise SpecError("users", opts["users"], "expected a whole number >= 1")
     if opts["connections"] < 1:
         raise SpecError("connections", opts["connections"], "expected a whole number >= 1")
+    label = opts["pattern_label"]
+    if label is not None and not label.strip():
+        raise SpecError("pattern_label", label, "must not be empty")
     spec = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in opts.items()
@@ -181,6 +190,7 @@ def _run(**opts: Any) -> dict[str, Any]:
         url=opts["url"],
         model=opts["model"],
         pattern=pattern,
+        pattern_label=label,
         template=template,
         out_dir=opts["out"],
         arrival=opts["arrival"],

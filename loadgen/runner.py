@@ -66,6 +66,9 @@ class LoadConfig:
     pod_header: str = "x-serving-pod"
     request_timeout_s: float = 60.0
     connections: int = 1000  # open loop: concurrent connections the pool may open
+    # The records' `pattern` column: the bench names each pattern of a spec (`1-ramp`), so
+    # two patterns of one type stay apart; by default the pattern's type.
+    pattern_label: str | None = None
     progress: bool = False
     spec: dict[str, Any] = field(default_factory=dict)  # written to run.json
 
@@ -290,7 +293,8 @@ def run_load(config: LoadConfig) -> dict[str, Any]:
     config.validate()
     out = Path(config.out_dir)
     run_info = start_run(out, "loadgen", config.spec)
-    writer = RecordWriter(out, config.model, config.pattern.name, llm=config.template.streaming)
+    label = config.pattern_label or config.pattern.name
+    writer = RecordWriter(out, config.model, label, llm=config.template.streaming)
     run = LoadRun(config, writer)
     users = 1 if run.open_loop else config.users
     env = Environment(
@@ -343,7 +347,8 @@ def run_load(config: LoadConfig) -> dict[str, Any]:
             read_records(out),
             duration_s=ran_s,
             expected_requests=config.pattern.expected_requests(),
-            pattern=config.pattern.name,
+            pattern=label,
+            pattern_type=config.pattern.name,
             arrival=config.arrival,
             model=config.model,
             url=config.url,

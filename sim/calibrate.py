@@ -29,7 +29,7 @@ import pandas as pd
 
 from kservebench.errors import SpecError
 from kservebench.records import read_records
-from kservebench.results import RUN_FILE
+from kservebench.results import RUN_FILE, files_of_run
 from kservebench.sim.distributions import Distribution, Empirical
 
 COLD_START_KEYS = ("ready_after_s", "cold_start_s")
@@ -87,7 +87,7 @@ def _json_values(node: Any, keys: tuple[str, ...]) -> Iterator[float]:
 
 def cold_starts_in(run_dir: Path) -> list[float]:
     values: list[float] = []
-    for path in sorted(Path(run_dir).rglob(RUN_FILE)):
+    for path in files_of_run(run_dir, RUN_FILE):
         try:
             values.extend(_json_values(json.loads(path.read_text()), COLD_START_KEYS))
         except (OSError, ValueError):
@@ -126,7 +126,7 @@ def calibrate_from_run(run_dir: Path | str, replicas: int | None = None) -> Cali
         raise SpecError("calibration", str(run_dir), "is not a results folder")
     if replicas is None:
         replicas = replicas_in(run_dir)
-    records = read_records(run_dir)
+    records = read_records(run_dir)  # not a simulated projection's
     if records.empty:
         raise SpecError("calibration", str(run_dir), "has no request records")
     services: dict[str, Distribution] = {}

@@ -1,11 +1,11 @@
 """Simulate an experiment spec (the same one ``kservebench bench`` runs) into a results folder.
 
-The plan mirrors the bench: for each repetition and each model, one deployment receives
-the warm-up, then every pattern in order with the cooldown between them, and finally its
-requests drain. Arrival times come from the load generator's own ``arrival_offsets``, so a
-simulated and a measured run offer the same traffic. The folder has the bench's layout
-(docs/architecture.md): run.json (kind "simulate", ``simulated: true``), records.csv,
-series/<family>.parquet and summary.json.
+The plan is the bench's own (``kservebench.bench.plan``): for each repetition and each
+model, one deployment receives the warm-up, then every pattern in order with the cooldown
+between them, and finally its requests drain. Arrival times come from the load generator's
+own ``arrival_offsets``, so a simulated and a measured run offer the same traffic. The
+folder has the bench's layout (docs/architecture.md): run.json (kind "simulate",
+``simulated: true``), records.csv, series/<family>.parquet and summary.json.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import pandas as pd
 
 from kservebench.errors import SpecError
 from kservebench.loadgen.arrivals import arrival_offsets
-from kservebench.loadgen.patterns import Pattern, parse_pattern
 from kservebench.loadgen.summary import summarize
 from kservebench.records import RECORDS_FILE, coerce_records
 from kservebench.results import finish_run, start_run
@@ -32,10 +31,10 @@ from kservebench.sim.calibrate import Calibration
 from kservebench.sim.controllers import FixedScale, HpaAutoscaler, KpaAutoscaler
 from kservebench.sim.distributions import Constant, Distribution
 from kservebench.sim.engine import Cluster, ReplicaSpec, Routing, SimResult
+from kservebench.sim.plan import WARMUP, Segment, plan_segments
 
 SUMMARY_FILE = "summary.json"
 SERIES_DIR = "series"
-WARMUP = "warmup"  # the warm-up's requests shape the autoscaler but are not recorded
 
 
 @dataclass(frozen=True)
@@ -50,39 +49,11 @@ class SimOptions:
     fixed_replicas: int | None = None  # simulate the local target: no autoscaler
 
 
-@dataclass(frozen=True)
-class Segment:
-    label: str  # the records' ``pattern`` column (PatternSpec.label), or WARMUP
-    pattern: Pattern
-    start_s: float  # from the model's timeline start
-
-
 def load_spec(path: Path | str) -> Any:
     """The experiment spec, read by the bench's own loader."""
     from kservebench.bench.spec import load_experiment
 
     return load_experiment(path)
-
-
-def plan_segments(experiment: Any) -> list[Segment]:
-    """Warm-up and patterns of one model, with their start times (pure)."""
-    segments: list[Segment] = []
-    start = 0.0
-    patterns = [
-        (p.label, parse_pattern(p.spec, f"patterns[{p.index}]")) for p in experiment.patterns
-    ]
-    if experiment.warmup_s > 0:
-        first = patterns[0][1]
-        rate = first.rate(0.0)
-        warm = parse_pattern({"type": "constant", "rate": rate, "duration": experiment.warmup_s})
-        segments.append(Segment(WARMUP, warm, start))
-        start += experiment.warmup_s
-    for i, (label, pattern) in enumerate(patterns):
-        if i > 0:
-            start += experiment.cooldown_s
-        segments.append(Segment(label, pattern, start))
-        start += pattern.duration_s
-    return segments
 
 
 def cpu_cores(quantity: Any, where: str) -> float:
@@ -260,13 +231,17 @@ def simulate_model(
     options: SimOptions,
     base_s: float,
     seed: int,
+    repetition: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    """(records, series, seconds simulated) of one model's timeline starting at ``base_s``."""
-    segments = plan_segments(experiment)
+    """(records, series, seconds simulated) of one model's timeline starting at ``base_s``.
+
+    ``seed`` drives service times and routing; the arrivals are the bench's own (its
+    seeds, offset by ``options.seed``)."""
+    segments = plan_segments(experiment, repetition)
     cluster, service = build_cluster(experiment, model, calibration, options, seed)
     arrivals = [
-        arrival_offsets(seg.pattern, experiment.arrival, seed + i) + seg.start_s
-        for i, seg in enumerate(segments)
+        arrival_offsets(seg.pattern, experiment.arrival, options.seed + seg.seed) + seg.start_s
+        for seg in segments
     ]
     arrival = np.concatenate(arrivals) if arrivals else np.empty(0)
     service_s = service.sample(np.random.default_rng(seed + 7919), len(arrival))
@@ -356,7 +331,7 @@ def simulate_experiment(
                     on_model(model.name, repetition)
                 seed = options.seed + 1000 * repetition + 100 * m
                 records, series, span = simulate_model(
-                    experiment, model.name, calibration, options, base, seed
+                    experiment, model.name, calibration, options, base, seed, repetition
                 )
                 all_records.append(records)
                 all_series.append(series)

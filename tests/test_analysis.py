@@ -22,6 +22,7 @@ from kservebench.analysis import coldstart, latency, scaling, series
 from kservebench.analysis.catalog import CANONICAL, CATALOG, queries_for
 from kservebench.analysis.cli import analyze_app, report_app
 from kservebench.analysis.collect import chunks, parse_step, tidy
+from kservebench.analysis.inflight import in_flight_from_records
 from kservebench.analysis.report import build_report
 from kservebench.analysis.summary import load_run, slo_from_run
 from kservebench.errors import SpecError
@@ -266,10 +267,78 @@ def test_report_renders_when_series_are_missing(tmp_path: Path) -> None:
     result = CliRunner().invoke(report_app, [str(run), "--quiet"])
     assert result.exit_code == 0, result.output
     md = (run / "report" / "report.md").read_text()
-    assert "missing metric families: replicas_ready, replicas_desired, requests_in_flight" in md
+    assert "missing metric families: replicas_ready, replicas_desired, cpu_cores" in md
+    # No series at all, yet the records tell how many requests were in flight.
+    assert "requests_in_flight ← records" in md
     summary = json.loads((run / "report" / "summary.json").read_text())
     assert summary["requests"] > 0 and summary["replica_seconds"] is None
     assert (run / "report" / "report.html").exists()
+
+
+def test_in_flight_counts_requests_sent_and_not_yet_answered() -> None:
+    t0 = 1000.0
+    records = coerce_records(pd.DataFrame({
+        "model": ["a", "a", "a", "b", "b"],
+        "sent_s": [t0 + 0.5, t0 + 1.2, t0 + 3.0, t0 + 1.0, math.nan],  # b's 2nd never sent
+        "latency_ms": [2000.0, 300.0, math.nan, 1000.0, math.nan],  # a's 3rd never answered
+        "unfinished": [False, False, True, False, True],
+    }))  # fmt: skip
+    frame = in_flight_from_records(records)
+    assert (frame["family"] == "requests_in_flight").all()
+    counts = {m: g.set_index("time_s")["value"].to_dict() for m, g in frame.groupby("model")}
+    # a: [0.5, 2.5) and [1.2, 1.5) and [3.0, end); b: [1.0, 2.0) — answered at 2.0 exactly.
+    assert counts["a"] == {t0: 0, t0 + 1: 1, t0 + 2: 1, t0 + 3: 1}
+    assert counts["b"] == {t0: 0, t0 + 1: 1, t0 + 2: 0, t0 + 3: 0}
+    # Half-second steps see the short request too.
+    half = in_flight_from_records(records, step_s=0.5)
+    a = half[half["model"] == "a"].set_index("time_s")["value"]
+    assert a[t0 + 1.0] == 1 and a[t0 + 1.5] == 1 and a[t0 + 0.5] == 1
+    assert in_flight_from_records(records.iloc[0:0]).empty
+
+
+def _with_projection(tmp_path: Path, entry: dict) -> Path:
+    """The hpa fixture as a measured run with the knative fixture as its projection."""
+    run = tmp_path / "measured"
+    shutil.copytree(FIXTURES / "hpa", run)
+    shutil.copytree(FIXTURES / "knative", run / "simulated")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "simulated_projection": entry}))
+    return run
+
+
+def test_report_shows_the_simulated_projection_beside_the_measured_run(tmp_path: Path) -> None:
+    title = "Simulated Knative KPA projection (calibrated from this run)"
+    entry = {"folder": "simulated", "mode": "knative", "control_plane": "Knative KPA",
+             "title": title}  # fmt: skip
+    run = _with_projection(tmp_path, entry)
+    written = build_report([run], tmp_path / "report")
+    alone = json.loads(build_report([FIXTURES / "hpa"], tmp_path / "alone")["json"].read_text())
+    summary = json.loads(written["json"].read_text())
+    # The measured numbers are the measured run's alone: no simulated request mixed in.
+    assert summary["requests"] == alone["requests"] and not summary["simulated"]
+    assert summary["by_model_pattern"] == alone["by_model_pattern"]
+    projected = summary["simulated_projection"]
+    assert projected["title"] == title and projected["summary"]["simulated"]
+    assert projected["summary"]["cold_starts"]["count"] == 1
+    assert projected["summary"]["replica_seconds"] > 0
+    rows = projected["summary"]["replicas_by_pattern"]
+    assert [(r["model"], r["pattern"]) for r in rows] == [
+        ("sklearn-small", "steady"), ("sklearn-small", "step")
+    ]  # fmt: skip
+    assert all(0 <= r["replicas_min"] <= r["replicas_mean"] <= r["replicas_max"] for r in rows)
+    md = written["md"].read_text()
+    assert f"## {title} — hpa" in md and "SIMULATED, not measured" in md
+    assert "### Simulated replicas over time, per pattern" in md
+    assert "| metric | hpa | hpa Knative KPA projection (simulated) |" in md  # side by side
+
+
+def test_a_failed_projection_is_reported_missing(tmp_path: Path) -> None:
+    run = _with_projection(tmp_path, {"error": "SpecError: no requests", "mode": "hpa"})
+    written = build_report([run], tmp_path / "report")
+    md = written["md"].read_text()
+    assert "Simulated HPA projection (calibrated from this run): missing (SpecError: no req" in md
+    summary = json.loads(written["json"].read_text())
+    assert summary["simulated_projection"]["summary"] is None and summary["requests"] > 0
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -19,10 +18,10 @@ import pytest
 import requests
 import yaml
 
+from kservebench.procs import kservebench_argv
 from kservebench.records import read_records
 
 pytestmark = pytest.mark.slow
-ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"
 MODEL = "sklearn-small"
 SHORT = {
     "name": "short",
@@ -43,7 +42,7 @@ SHORT = {
 def bench(tmp_path, trained_dir, spec, **popen):
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
-    argv = [sys.executable, "-c", ENTRY, "bench", str(spec_file), "--target", "local",
+    argv = [*kservebench_argv("bench"), str(spec_file), "--target", "local",
             "--results", str(tmp_path / "results"), "--trained", str(trained_dir)]  # fmt: skip
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -93,7 +92,7 @@ def test_a_short_experiment_end_to_end(tmp_path, trained_dir):
     assert loads == ["0-constant", "1-spike"]
     records = read_records(run_dir / "loads")
     assert set(records["model"]) == {MODEL}
-    assert set(records["pattern"]) == {"constant", "spike"}
+    assert set(records["pattern"]) == {"0-constant", "1-spike"}  # the spec's labels
     assert records["ok"].mean() > 0.95
     # ~8 s x 10/s + ~8 s x (5..25)/s of Poisson arrivals: loose bounds on a busy machine.
     assert 80 < len(records) < 260
@@ -109,6 +108,22 @@ def test_a_short_experiment_end_to_end(tmp_path, trained_dir):
     assert (run_dir / "report" / "report.html").exists()
     assert MODEL in report and "spike" in report
     assert run["report"] == "report"
+
+    # The simulated HPA projection, calibrated from this run, beside the measured data:
+    # the same patterns row by row, and the measured records left alone.
+    projection = run["simulated_projection"]
+    assert "error" not in projection and projection["control_plane"] == "HPA"
+    simulated = read_records(run_dir / "simulated")
+    assert set(simulated["pattern"]) == {"0-constant", "1-spike"}
+    # The same arrivals (the bench's seeds), so the same requests per pattern.
+    per_pattern = records.groupby("pattern").size()
+    assert simulated.groupby("pattern").size().to_dict() == per_pattern.to_dict()
+    assert (run_dir / "simulated" / "series" / "replicas_ready.parquet").exists()
+    assert "## Simulated HPA projection (calibrated from this run)" in report
+    assert f"| {MODEL} | 1-spike |" in report.split("## Simulated HPA")[1]
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary["requests"] == len(records)
+    assert summary["simulated_projection"]["summary"]["requests"] == len(simulated)
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs the prometheus binary")

@@ -5,10 +5,12 @@ from pathlib import Path
 
 from kservebench.bench.cluster import model_deployments, traffic_url
 from kservebench.bench.plan import plan_phases, seconds_left, warmup_pattern
-from kservebench.bench.runner import loadgen_args, results_folder
+from kservebench.bench.runner import PROJECTION_KEY, ExperimentRun, loadgen_args, results_folder
 from kservebench.bench.spec import parse_experiment
 from kservebench.loadgen.patterns import parse_pattern
 from kservebench.operator.spec import parse_model_deployment
+from kservebench.results import read_run
+from kservebench.sim.projection import project_run
 
 RAW = {
     "name": "exp",
@@ -72,6 +74,9 @@ def test_loadgen_args_and_same_seed_across_experiments(tmp_path):
     assert flags["--model"] == "xgboost-small" and flags["--protocol"] == "v2"
     assert flags["--pattern-file"] == str(tmp_path / "pattern.yaml")
     assert flags["--arrival"] == "poisson" and flags["--model-dir"] == "trained/x"
+    assert flags["--pattern-label"] == "0-constant"  # the spec's name, as the simulator's
+    warmup = loadgen_args(exp, plan_phases(exp)[0], "http://x", tmp_path, None)
+    assert flags_of(warmup)["--pattern-label"] == "warmup"
     twin_args = loadgen_args(other, twin, "http://x", tmp_path, None)
     assert flags_of(twin_args)["--seed"] == flags["--seed"]
     rep1 = loadgen_args(exp, plan_phases(exp)[9], "http://x", tmp_path, None)
@@ -101,3 +106,14 @@ def test_traffic_url_by_mode():
     assert traffic_url("knative", None, "m", "ns", "http://m-ns.example") == "http://m-ns.example"
     assert traffic_url("hpa", None, "m", "ns", "http://m-ns.example") is None  # port-forward
     assert traffic_url("hpa", "http://{name}.{namespace}.lan", "m", "ns", None) == "http://m.ns.lan"
+
+
+def test_a_projection_that_fails_is_recorded_and_the_run_goes_on(tmp_path):
+    # A folder without request records cannot calibrate the simulator: the run records
+    # why in run.json instead of failing (the report then says the projection is missing).
+    run = ExperimentRun(parse_experiment(RAW), lambda out: None, tmp_path, live=False)
+    run._after_run(project_run)
+    entry = run.run[PROJECTION_KEY]
+    assert entry["error"].startswith("SpecError: ") and "no request records" in entry["error"]
+    assert entry["mode"] == "knative" and entry["wall_s"] >= 0
+    assert read_run(run.out)["status"] == "running"  # execute() finishes run.json after it

@@ -25,17 +25,16 @@ import pytest
 from kservebench.loadgen.launch import run_loadgen
 from kservebench.loadgen.patterns import arrival_offsets, parse_pattern
 from kservebench.loadgen.summary import interarrival_cv
-from kservebench.procs import ManagedProcess, free_port, http_ok
+from kservebench.procs import ManagedProcess, free_port, http_ok, kservebench_argv
 from kservebench.records import RECORD_COLUMNS, read_records
 from kservebench.results import read_run
 
-ENTRY = "import sys; from kservebench.cli import main; sys.exit(main())"
 ENV = {**os.environ, "PYTHONSAFEPATH": "1", "CI": "1"}
 
 
 def loadgen(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", ENTRY, "loadgen", *args],
+        kservebench_argv("loadgen", *args),
         capture_output=True,
         text=True,
         env=ENV,
@@ -165,6 +164,8 @@ def test_patterns_drive_the_load(endpoint, tmp_path: Path) -> None:
         "v2",
         "--pattern-file",
         str(spec),
+        "--pattern-label",
+        "2-steps",
         "--arrival",
         "constant",
         "--out",
@@ -172,6 +173,9 @@ def test_patterns_drive_the_load(endpoint, tmp_path: Path) -> None:
     )
     records = read_records(out)
     assert records.groupby("phase").size().to_dict() == {"low": 40, "high": 120}
+    # The label names the pattern in the records and the summary; the type is kept too.
+    assert set(records["pattern"]) == {"2-steps"}
+    assert summary["pattern"] == "2-steps" and summary["pattern_type"] == "steps"
     assert summary["phases"]["high"]["requests"] == 120
     start = records["intended_s"].min()
     sent = records["sent_s"] - start
@@ -207,7 +211,7 @@ def test_killed_server_gives_error_records_and_a_summary(endpoint, tmp_path: Pat
         str(out),
     )
     with subprocess.Popen(
-        [sys.executable, "-c", ENTRY, "loadgen", *args],
+        kservebench_argv("loadgen", *args),
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -227,6 +231,7 @@ def test_killed_server_gives_error_records_and_a_summary(endpoint, tmp_path: Pat
     records = read_records(out)
     assert len(records) == 200 == summary["requests"]
     assert summary["ok"] >= 30 and summary["errors"] >= 30
+    assert set(records["pattern"]) == {"constant"} == {summary["pattern"]}  # default label
     failed = records[~records["ok"]]
     assert (failed["status"] == 0).all() and (failed["error"] != "").all()
     assert failed["intended_s"].min() > records.loc[records["ok"], "intended_s"].min()
@@ -331,6 +336,11 @@ def test_bad_spec_exits_with_a_clear_message(tmp_path: Path) -> None:
         str(tmp_path / "y"),
     )
     assert done.returncode == 2 and "pattern.duration" in done.stderr
+    done = loadgen(
+        "--url", "http://127.0.0.1:9", "--model", "m", "--instances", "[[1]]",
+        "--rate", "1", "--duration", "1s", "--pattern-label", " ", "--out", str(tmp_path / "z"),
+    )  # fmt: skip
+    assert done.returncode == 2 and "pattern_label" in done.stderr
 
 
 @pytest.mark.slow
@@ -365,9 +375,7 @@ def test_ctrl_c_keeps_the_records_and_writes_the_summary(endpoint, tmp_path: Pat
     out = tmp_path / "run"
     args = ("--url", slow.url, "--model", "m", "--instances", "[[1]]", "--rate", "20",
             "--duration", "60s", "--out", str(out))  # fmt: skip
-    load = ManagedProcess(
-        [sys.executable, "-c", ENTRY, "loadgen", *args], tmp_path / "lg.log", env=ENV
-    )
+    load = ManagedProcess(kservebench_argv("loadgen", *args), tmp_path / "lg.log", env=ENV)
     with load:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and load.alive():

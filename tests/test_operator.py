@@ -8,7 +8,6 @@ collector, so the InferenceService's status is moved by hand and deletions are e
 
 import asyncio
 import copy
-import sys
 import uuid
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from kservebench.operator.inferenceservice import (
     ISVC_VERSION,
 )
 from kservebench.operator.spec import API_GROUP, API_VERSION, PLURAL
+from kservebench.procs import kservebench_argv
 
 NAMESPACE = "kservebench"
 MDS_URL = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
@@ -32,7 +32,7 @@ ISVCS = f"{ISVC_GROUP}/{ISVC_VERSION}/{ISVC_PLURAL}"
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
 
 
-KSERVEBENCH = [sys.executable, "-c", "from kservebench.cli import main; main()"]
+KSERVEBENCH = kservebench_argv()
 
 
 def sample(name):

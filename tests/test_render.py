@@ -3,7 +3,6 @@ and the ``kservebench render`` command as a user runs it."""
 
 import copy
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,11 @@ from kservebench.operator.inferenceservice import (
 )
 from kservebench.operator.sdk_schema import validate_inference_service, validate_model
 from kservebench.operator.spec import DeploymentModeNames, Mode, parse_model_deployment
+from kservebench.procs import kservebench_argv
 
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
 SAMPLE_NAMES = [f"{k}-{m}" for k in ("sklearn", "xgboost", "llm") for m in ("hpa", "knative")]
-KSERVEBENCH = [sys.executable, "-c", "from kservebench.cli import main; main()"]
+KSERVEBENCH = kservebench_argv()
 
 
 def sample(name):

@@ -12,13 +12,15 @@ import yaml
 from kservebench.bench.spec import parse_experiment
 from kservebench.errors import SpecError
 from kservebench.records import RECORD_COLUMNS, read_records
-from kservebench.results import read_run, start_run
+from kservebench.results import PROJECTION_DIR, read_run, start_run
 from kservebench.sim.calibrate import (
     calibrate_from_run,
     cold_starts_in_series,
     service_times_fifo,
 )
 from kservebench.sim.experiment import SimOptions, simulate_experiment
+from kservebench.sim.plan import WARMUP, plan_segments
+from kservebench.sim.projection import project_run
 
 SPEC = {
     "name": "sim-test",
@@ -131,6 +133,32 @@ def test_calibration_recovers_service_times_from_a_loaded_fifo_run(tmp_path):
     )
     again = read_records(projected)["latency_ms"]
     assert again.quantile(0.5) == pytest.approx(latency.quantile(0.5), rel=0.01)
+
+    # The bench's projection of the run: the spec's own control plane (HPA here), nested
+    # in the run's folder, and invisible to whoever reads the measured records after it.
+    entry = project_run(run, parse_experiment(measured))
+    assert entry["folder"] == PROJECTION_DIR and entry["control_plane"] == "HPA"
+    assert entry["title"] == "Simulated HPA projection (calibrated from this run)"
+    assert entry["requests"] == len(read_records(run / PROJECTION_DIR)) > 0
+    assert read_run(run / PROJECTION_DIR)["simulated"] is True
+    assert len(read_records(run)) == len(latency)
+
+
+def test_the_simulated_plan_is_the_bench_plan():
+    # A ramp first: the bench warms up at its mean rate (22.5/s), not at its rate(0).
+    experiment = _experiment(
+        patterns=[{"type": "ramp", "start_rate": 5, "end_rate": 40, "duration": "10s"},
+                  {"type": "ramp", "start_rate": 40, "end_rate": 5, "duration": "10s"}],
+        repetitions=2,
+    )  # fmt: skip
+    segments = plan_segments(experiment)
+    assert [s.label for s in segments] == [WARMUP, "0-ramp", "1-ramp"]
+    assert [s.start_s for s in segments] == [0.0, 2.0, 2.0 + 10.0 + 60.0]
+    warm = segments[0].pattern
+    assert warm.name == "constant" and warm.duration_s == 2.0 and warm.rate(0) == 22.5
+    # The bench's arrival seeds: the projection of a run offers that run's request times.
+    assert [s.seed for s in segments] == [999, 0, 1]
+    assert [s.seed for s in plan_segments(experiment, repetition=1)] == [1999, 1000, 1001]
 
 
 def test_lindley_inversion_of_a_single_server():
