@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from kservebench.errors import SpecError
+from kservebench.errors import SpecError, read_yaml
 
 if TYPE_CHECKING:
     from kservebench.operator.spec import Resources, Scaling
@@ -264,10 +262,5 @@ def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
 
 def load_experiment(path: Path | str) -> Experiment:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise SpecError("<file>", str(path), f"cannot be read ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise SpecError("<file>", str(path), f"is not valid YAML: {err}") from err
+    raw = read_yaml(path, "<file>")
     return parse_experiment(raw, base_dir=path.parent)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from kservebench.errors import SpecError
+from kservebench.errors import SpecError, read_yaml
 from kservebench.loadgen.arrivals import ARRIVALS, arrival_offsets, midpoint_grid
 from kservebench.loadgen.traces import TRACES_DIR, parse_offset, read_trace_csv, resolve_trace_file
 from kservebench.loadgen.units import parse_duration, parse_positive_duration, parse_rate
@@ -401,15 +401,8 @@ def parse_pattern(spec: Any, field: str = "pattern", base_dir: Path | None = Non
 
 def load_pattern_file(path: Path, field: str = "pattern") -> Pattern:
     """A pattern from a YAML file: the spec itself, or a mapping with a ``pattern`` key."""
-    import yaml
-
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError("pattern_file", str(path), f"cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError("pattern_file", str(path), f"not valid YAML: {exc}") from None
+    spec = read_yaml(path, "pattern_file")
     if spec is None:
         raise SpecError("pattern_file", str(path), "the file is empty")
     if isinstance(spec, Mapping) and "pattern" in spec and "type" not in spec:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from kservebench.errors import SpecError
+from kservebench.errors import SpecError, read_yaml
 
 render_app = typer.Typer(add_completion=False, help="Print the InferenceService for a spec.")
 operator_app = typer.Typer(add_completion=False, help="Run the kopf operator.")
@@ -38,12 +38,9 @@ def _fail(message: str) -> SystemExit:
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except OSError as err:
-        raise _fail(f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise _fail(f"{path} is not valid YAML: {err}") from None
-    return documents
+        return read_yaml(path, "FILE", all_documents=True)
+    except SpecError as err:
+        raise _fail(str(err)) from None
 
 
 def render_documents(documents: list[dict[str, Any]], kserve_names: str | None) -> str:
