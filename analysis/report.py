@@ -240,6 +240,15 @@ def blocks(summaries: Sequence[dict[str, Any]], images: dict[str, bytes]) -> lis
                     "discrete-event simulator, not from real servers.",
                 )
             )
+        if s.get("target") == "local" and s.get("replicas"):
+            out.append(
+                Block(
+                    "warn",
+                    f"{s['label']}: local target, replicas {s['replicas']}: the measured "
+                    "numbers show the data plane only; what the autoscaler would do comes "
+                    "from the simulated projection.",
+                )
+            )
         if s["missing_families"]:
             out.append(
                 Block(
@@ -258,8 +267,9 @@ def blocks(summaries: Sequence[dict[str, Any]], images: dict[str, bytes]) -> lis
         out.append(
             Block(
                 "text",
-                f"Folder `{s['path']}`, kind {s.get('kind') or '–'}, status "
-                f"{s.get('status') or '–'}, {_fmt(s['window']['duration_s'])} s.",
+                f"Folder `{s['path']}`, kind {s.get('kind') or '–'}, target "
+                f"{s.get('target') or '–'}, status {s.get('status') or '–'}, "
+                f"{_fmt(s['window']['duration_s'])} s.",
             )
         )
         for heading, table in (

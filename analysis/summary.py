@@ -189,6 +189,8 @@ def summarize(
         "kind": data.run.get("kind"),
         "simulated": data.simulated,
         "status": data.run.get("status"),
+        "target": data.run.get("target"),
+        "replicas": data.run.get("replicas"),  # e.g. "fixed (local target): ..."
         "window": {"start_s": start, "end_s": end, "duration_s": end - start},
         **client,
         "server_latency_ms": server,

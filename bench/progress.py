@@ -72,9 +72,10 @@ class Progress:
     def step(self, text: str) -> None:
         self._line(text)
 
-    def phase(self, index: int, total: int, title: str) -> None:
+    def phase(self, index: int, total: int, title: str, left_s: float | None = None) -> None:
         self.title = f"[{index + 1}/{total}] {title}"
-        self._line(self.title)
+        left = f"  (time left {_clock(left_s)})" if left_s is not None else ""
+        self._line(self.title + left)
 
     def tick(self, elapsed_s: float, phase_s: float, left_s: float, numbers: dict | None) -> None:
         if self.live is None:
@@ -93,4 +94,4 @@ class Progress:
 
     def _line(self, text: str) -> None:
         stamp = _clock(time.monotonic() - self.started)
-        self.console.print(f"[{stamp:>6}] {self.name}: {text}", highlight=False)
+        self.console.print(f"[{stamp:>6}] {self.name}: {text}", highlight=False, soft_wrap=True)

@@ -142,7 +142,8 @@ class ExperimentRun:
                 self.run["traffic_started_at"] = time.time()
                 write_run(self.out, self.run)
                 for index, phase in enumerate(self.phases):
-                    self.progress.phase(index, len(self.phases), phase.title)
+                    left_s = seconds_left(self.phases, index, 0.0)
+                    self.progress.phase(index, len(self.phases), phase.title, left_s)
                     self._run_phase(index, phase)
                 status = "finished"
             except KeyboardInterrupt:

@@ -364,3 +364,20 @@ def test_notebook_runs_on_fixture_results(monkeypatch: pytest.MonkeyPatch) -> No
     text = json.dumps([o.get("data", {}).get("text/plain", "") for o in outputs])
     assert "knative (simulated)" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
+
+
+def test_report_says_replicas_were_fixed_on_the_local_target(tmp_path: Path) -> None:
+    run = tmp_path / "local"
+    shutil.copytree(FIXTURES / "hpa", run)
+    info = json.loads((run / "run.json").read_text())
+    fixed = "fixed (local target): 1 per model, no autoscaler"
+    (run / "run.json").write_text(json.dumps({**info, "target": "local", "replicas": fixed}))
+    written = build_report([run], tmp_path / "report")
+    md = written["md"].read_text()
+    assert f"hpa: local target, replicas {fixed}" in md
+    assert "target local" in md
+    summary = json.loads(written["json"].read_text())
+    assert summary["target"] == "local" and summary["replicas"] == fixed
+    # A cluster run carries no such note.
+    plain = build_report([FIXTURES / "hpa"], tmp_path / "plain")["md"].read_text()
+    assert "local target, replicas" not in plain
