@@ -45,8 +45,11 @@ def test_shipped_specs_run_the_same_models_and_patterns():
     assert [p.spec for p in hpa.patterns] == [p.spec for p in knative.patterns]
     frameworks = {m.name.split("-")[0] for m in hpa.models}
     assert frameworks == {"sklearn", "xgboost"}
-    # `make bench-*` must finish well inside 10 minutes on the local target.
-    assert planned_seconds(hpa) < 6 * 60 and planned_seconds(knative) < 6 * 60
+    # `make bench-*` must finish inside 10 minutes on the local target, start-up included.
+    assert planned_seconds(hpa) < 7 * 60 and planned_seconds(knative) < 7 * 60
+    # Knative idles long enough between patterns to scale to zero: a stable window plus
+    # the 30 s scale-to-zero grace period (config-autoscaler default).
+    assert knative.cooldown_s >= knative.scaling.knative.window_s + 30
     assert knative.scaling.min_replicas == 0 and knative.scaling.metric == "concurrency"
     assert hpa.scaling.metric == "cpu"
 
