@@ -244,9 +244,9 @@ def blocks(summaries: Sequence[dict[str, Any]], images: dict[str, bytes]) -> lis
             out.append(
                 Block(
                     "warn",
-                    f"{s['label']}: local target, replicas {s['replicas']}: the measured "
-                    "numbers show the data plane only; what the autoscaler would do comes "
-                    "from the simulated projection.",
+                    f"{s['label']}: replicas {s['replicas']}. The measured numbers show "
+                    "the data plane only; what the autoscaler would do comes from the "
+                    "simulated projection.",
                 )
             )
         if s["missing_families"]:

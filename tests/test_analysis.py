@@ -374,10 +374,10 @@ def test_report_says_replicas_were_fixed_on_the_local_target(tmp_path: Path) -> 
     (run / "run.json").write_text(json.dumps({**info, "target": "local", "replicas": fixed}))
     written = build_report([run], tmp_path / "report")
     md = written["md"].read_text()
-    assert f"hpa: local target, replicas {fixed}" in md
+    assert f"hpa: replicas {fixed}. The measured numbers show the data plane only" in md
     assert "target local" in md
     summary = json.loads(written["json"].read_text())
     assert summary["target"] == "local" and summary["replicas"] == fixed
     # A cluster run carries no such note.
     plain = build_report([FIXTURES / "hpa"], tmp_path / "plain")["md"].read_text()
-    assert "local target, replicas" not in plain
+    assert "The measured numbers show the data plane only" not in plain
