@@ -25,6 +25,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from kservebench.operator.scaling import KnativeScaling
+
+# Per-revision defaults come from the same place as the annotations the operator writes.
+_REVISION = KnativeScaling()
+
 TICK_S = 2.0  # the autoscaler's tick, hard-coded in Knative
 
 
@@ -34,19 +39,20 @@ class KpaParams:
     target: float = 100.0  # the target annotation (container-concurrency-target-default)
     target_utilization: float = 0.70  # target-utilization-percentage / 100
     container_concurrency: int = 0  # hard limit; caps the concurrency target when > 0
-    stable_window_s: float = 60.0
-    panic_window_percentage: float = 10.0
-    panic_threshold_percentage: float = 200.0
+    stable_window_s: float = _REVISION.window_s
+    panic_window_percentage: float = _REVISION.panic_window_percentage
+    panic_threshold_percentage: float = _REVISION.panic_threshold_percentage
     max_scale_up_rate: float = 1000.0
     max_scale_down_rate: float = 2.0
-    scale_down_delay_s: float = 0.0
+    scale_down_delay_s: float = _REVISION.scale_down_delay_s
     min_scale: int = 0
     max_scale: int = 0  # 0 = unlimited
-    initial_scale: int = 1
+    initial_scale: int = _REVISION.initial_scale
     enable_scale_to_zero: bool = True
     scale_to_zero_grace_s: float = 30.0
-    scale_to_zero_retention_s: float = 0.0
-    target_burst_capacity: float = 211.0  # -1: activator always in the path; 0: never
+    scale_to_zero_retention_s: float = _REVISION.scale_to_zero_retention_s
+    # -1: activator always in the path; 0: never
+    target_burst_capacity: float = _REVISION.target_burst_capacity
     tick_s: float = TICK_S
 
     @property
