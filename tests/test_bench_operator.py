@@ -5,12 +5,14 @@ made, move the Job's status as the Job controller would, and read the Benchmark'
 """
 
 import asyncio
+import functools
 import uuid
 
-import aiohttp
 import kmock
 import pytest
 import yaml
+from kube_api import api
+from kube_api import eventually as poll
 
 from kservebench.operator import benchmark
 
@@ -25,6 +27,9 @@ GOOD_SPEC = {
     "arrival": "poisson",
 }
 
+# The Benchmark handlers answer quickly: 15 s is plenty.
+eventually = functools.partial(poll, timeout_s=15.0)
+
 
 @pytest.fixture
 async def operator(kmock, kopf_operator):
@@ -35,14 +40,6 @@ async def operator(kmock, kopf_operator):
     )  # fmt: skip
     await kopf_operator(benchmark.register)
     return kmock
-
-
-async def api(kmock, method, path, body=None):
-    async with (
-        aiohttp.ClientSession(base_url=str(kmock.url)) as session,
-        session.request(method, path, json=body) as resp,
-    ):
-        return resp.status, await resp.json()
 
 
 async def create_benchmark(kmock, name, spec):
@@ -56,18 +53,6 @@ async def create_benchmark(kmock, name, spec):
     }  # fmt: skip
     status, _ = await api(kmock, "POST", BENCHMARKS_URL, body)
     assert status in (200, 201)
-
-
-async def eventually(read, timeout_s=15.0):
-    """Poll an async ``read`` until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await read()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 def get_status(kmock, name):

@@ -11,9 +11,9 @@ import copy
 import uuid
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
+from kube_api import api, eventually
 
 from kservebench.operator import handlers
 from kservebench.operator.inferenceservice import (
@@ -61,15 +61,6 @@ async def operator(api_server, kopf_operator):
     return api_server
 
 
-async def api(kmock, method, path, body=None):
-    headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else None
-    async with (
-        aiohttp.ClientSession(base_url=str(kmock.url)) as session,
-        session.request(method, path, json=body, headers=headers) as resp,
-    ):
-        return resp.status, await resp.json()
-
-
 async def create_md(kmock, name, spec):
     body = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
@@ -82,18 +73,6 @@ async def create_md(kmock, name, spec):
     status, _ = await api(kmock, "POST", MDS_URL, body)
     assert status in (200, 201)
     return body
-
-
-async def eventually(read, timeout_s=20.0):
-    """Poll an async ``read`` until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await read()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 def get(kmock, url, check=lambda obj: True):
