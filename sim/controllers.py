@@ -1,18 +1,17 @@
 """Control planes in the simulator's loop: each turns the cluster's state into the
 observation its pure ``decide`` expects and returns the scale to apply.
 
-The decisions themselves are in ``hpa.py`` and ``kpa.py``; here is only what the real
-components would see: the HPA reads metrics-server samples and pod conditions, the KPA
-reads 1 s concurrency (or request) buckets and the ready pod count.
+The decisions themselves are in ``kservebench.policies`` (``hpa``, ``kpa``); here is only
+what the real components would see: the HPA reads metrics-server samples and pod
+conditions, the KPA reads 1 s concurrency (or request) buckets and the ready pod count.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kservebench.sim import hpa, kpa
+from kservebench.policies import hpa, kpa
 
 if TYPE_CHECKING:
     from kservebench.sim.engine import Cluster
@@ -82,21 +81,11 @@ class KpaAutoscaler:
     history: list[tuple[float, kpa.KpaDecision]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.controller = kpa.KpaController(self.params)
+        self.controller = kpa.KpaController(self.params, kpa.initial_state(self.params))
         self.period_s = self.params.tick_s
-        initial = self.initial_replicas()
-        if initial == 0:
-            # Created at zero: inactive from the start, the activator in the path.
-            self.controller.state = kpa.KpaState(active=False, inactive_since_s=-math.inf)
-        elif initial > 1:
-            # Knative starts a decider in panic mode when it finds more than one pod, so a
-            # restart without metric history does not scale down.
-            self.controller.state = kpa.KpaState(panic_since_s=0.0, max_panic_pods=initial)
 
     def initial_replicas(self) -> int:
-        p = self.params
-        initial = max(p.initial_scale, p.min_scale)
-        return min(initial, p.max_scale) if p.max_scale > 0 else initial
+        return kpa.initial_scale(self.params)
 
     def tick(self, cluster: Cluster, poke: bool = False) -> int:
         now = cluster.env.now

@@ -24,9 +24,9 @@ import pandas as pd
 from kservebench.errors import SpecError
 from kservebench.loadgen.arrivals import arrival_offsets
 from kservebench.loadgen.summary import summarize
+from kservebench.policies import hpa, kpa
 from kservebench.records import RECORDS_FILE, coerce_records
 from kservebench.results import finish_run, start_run
-from kservebench.sim import hpa, kpa
 from kservebench.sim.calibrate import Calibration
 from kservebench.sim.controllers import FixedScale, HpaAutoscaler, KpaAutoscaler
 from kservebench.sim.distributions import Constant, Distribution

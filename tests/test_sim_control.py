@@ -1,6 +1,6 @@
 """The HPA and KPA decisions against their documented behaviour (pure functions)."""
 
-from kservebench.sim import hpa, kpa
+from kservebench.policies import hpa, kpa
 
 
 def _pods(utilizations, request=1.0, now=1000.0, **kwargs):

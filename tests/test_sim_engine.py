@@ -7,7 +7,7 @@ import pytest
 
 from kservebench.loadgen.arrivals import arrival_offsets
 from kservebench.loadgen.patterns import parse_pattern
-from kservebench.sim import hpa, kpa
+from kservebench.policies import hpa, kpa
 from kservebench.sim.controllers import FixedScale, HpaAutoscaler, KpaAutoscaler
 from kservebench.sim.distributions import Constant
 from kservebench.sim.engine import Cluster, ReplicaSpec, Routing

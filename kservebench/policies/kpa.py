@@ -200,6 +200,25 @@ def decide(obs: KpaObservation, state: KpaState, params: KpaParams) -> tuple[Kpa
     return decision, state
 
 
+def initial_scale(params: KpaParams) -> int:
+    """Pods a new revision starts with: initial-scale, within min/max scale."""
+    scale = max(params.initial_scale, params.min_scale)
+    return min(scale, params.max_scale) if params.max_scale > 0 else scale
+
+
+def initial_state(params: KpaParams) -> KpaState:
+    """The state of a revision's decider right after it was created."""
+    scale = initial_scale(params)
+    if scale == 0:
+        # Created at zero: inactive from the start, the activator in the path.
+        return KpaState(active=False, inactive_since_s=-math.inf)
+    if scale > 1:
+        # Knative starts a decider in panic mode when it finds more than one pod, so a
+        # restart without metric history does not scale down.
+        return KpaState(panic_since_s=0.0, max_panic_pods=scale)
+    return KpaState()
+
+
 @dataclass
 class KpaController:
     """Holds the KPA's state between ticks for the simulator's event loop."""
