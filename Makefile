@@ -15,7 +15,7 @@ BENCH_ARGS = --target $(TARGET) --results $(RESULTS) $(if $(PROM_URL),--promethe
 SPEC_DIR := bench/specs
 
 .PHONY: help venv prometheus test lint format models bench-hpa bench-knative report \
-        cluster deploy crd image bench-loadgen bench-analysis bench-sim bench-models clean
+        cluster deploy crd image bench-loadgen bench-analysis bench-sim bench-models bench-local clean
 
 help:
 	@echo "make bench-hpa       run the HPA experiment (local target; TARGET=cluster for a cluster)"
@@ -95,6 +95,10 @@ bench-analysis: venv
 
 bench-sim: venv
 	$(BIN)/python benchmarks/sim_speed.py
+
+# The local control plane: router overhead over a direct call, the activator's cold path.
+bench-local: venv
+	$(BIN)/python benchmarks/local_plane.py
 
 clean:
 	rm -rf $(VENV) results trained .pytest_cache .ruff_cache

@@ -23,7 +23,7 @@ from kservebench.errors import SpecError
 app = typer.Typer(add_completion=False, help="Run an experiment spec end to end.")
 
 TARGETS = ("local", "cluster")
-EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+EXIT_CODES = {"finished": 0, "finished with incidents": 0, "failed": 1, "interrupted": 130}
 
 
 def _fail(message: str, code: int = 2) -> SystemExit:
@@ -104,8 +104,8 @@ def bench(
             return LocalTarget(experiment, run_dir, trained)
 
         if project:
-            # Fixed replicas here: the autoscaler's behaviour is simulated, calibrated
-            # from this run's own measurements, and reported beside them.
+            # The simulator, calibrated from this run's own service and start-up times,
+            # replays it through the same policy: the report sets the two side by side.
             from kservebench.sim.projection import project_run
 
             after_run = project_run

@@ -50,6 +50,8 @@ PATTERN_FILE = "pattern.yaml"
 WARMUP_RECORDS = "warmup-records.csv"  # renamed so the analysis leaves warm-up out
 INTERRUPT_GRACE_S = 15.0  # loadgen writes its summary after SIGINT
 TICK_S = 0.5
+FINISHED_WITH_INCIDENTS = "finished with incidents"
+FINISHED = ("finished", FINISHED_WITH_INCIDENTS)
 
 # Called after a finished run's traffic, servers stopped, before the report: the local
 # target adds the simulated HPA/KPA projection (kservebench.sim.project_run). What it
@@ -160,7 +162,14 @@ class ExperimentRun:
                     self.target.stop()
                 except Exception as err:  # still finish run.json; say what may be left
                     self.run["teardown_error"] = f"{type(err).__name__}: {err}"
-            if self.after_run is not None and status == "finished":
+            # What failed during the run and what was done about it (crashed replicas
+            # restarted, Prometheus restarted): the run finished, but not cleanly.
+            self.run.update(self.target.describe())
+            incidents = list(getattr(self.target, "incidents", []))
+            self.run["incidents"] = incidents
+            if status == "finished" and incidents:
+                status = FINISHED_WITH_INCIDENTS
+            if self.after_run is not None and status in FINISHED:
                 self._after_run(self.after_run)
             # The report reads run.json: give it the final status and window first.
             finish_run(self.out, self.run, status=status)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kservebench.errors import SpecError, read_yaml
 
 if TYPE_CHECKING:
+    from kservebench.local.settings import LocalSettings
     from kservebench.operator.spec import Resources, Scaling
 
 MODES = ("hpa", "knative")
@@ -69,7 +70,7 @@ class Experiment:
     cooldown_s: float
     slo_latency_ms: float
     repetitions: int
-    local_replicas: int
+    local: LocalSettings  # the local control plane's knobs (kservebench.local.settings)
     simulation: Simulation
     raw: dict[str, Any]  # the spec as written, for run.json
 
@@ -229,6 +230,8 @@ TOP_LEVEL = {
 
 def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
     """Validate a spec already read from YAML; ``base_dir`` resolves trace files."""
+    from kservebench.local.settings import parse_local
+
     raw = _mapping(raw, "")
     _only(raw, TOP_LEVEL, "")
     name = raw.get("name")
@@ -237,8 +240,6 @@ def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
     mode = _choice(raw.get("mode"), MODES, "mode")
     slo = _mapping(raw.get("slo", {"latency_ms": 100}), "slo")
     _only(slo, {"latency_ms"}, "slo")
-    local = _mapping(raw.get("local", {}), "local")
-    _only(local, {"replicas"}, "local")
     if "scaling" not in raw:
         raise SpecError("scaling", None, "is required")
     models = parse_models(raw.get("models"))
@@ -254,7 +255,7 @@ def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
         cooldown_s=_duration(raw.get("cooldown", "0s"), "cooldown"),
         slo_latency_ms=_number(slo.get("latency_ms", 100), "slo.latency_ms", 0.0, strict=True),
         repetitions=_int(raw.get("repetitions", 1), "repetitions", 1),
-        local_replicas=_int(local.get("replicas", 1), "local.replicas", 1),
+        local=parse_local(raw.get("local"), "local"),
         simulation=_simulation(raw.get("simulation", {}), "simulation"),
         raw=dict(raw),
     )

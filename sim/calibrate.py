@@ -1,6 +1,6 @@
 """Calibration: service-time and cold-start distributions measured in a real run.
 
-``calibrate_from_run(run_dir)`` reads a results folder of a local (fixed replicas) run:
+``calibrate_from_run(run_dir)`` reads a results folder of a local run:
 
 * service time per model from its request records. A local replica is one KServe
   ModelServer whose synchronous ``predict`` runs on its event loop, so it serves one
@@ -9,7 +9,9 @@
   was later, so service_i = done_i - max(sent_i, done_{i-1}). That removes the queueing
   a loaded run adds to its latencies (what is left includes the HTTP round trip, which
   the client sees as part of every request too). With several replicas the records
-  cannot be untangled this way and raw latencies are used (an upper bound).
+  cannot be untangled this way and raw latencies are used (an upper bound), unless the
+  records name the serving replica (``pod``): then each replica's requests are untangled
+  on their own.
 * cold start: process start -> ready of the local model server (``ready_after_s``, the
   models helper's ``LocalModelServer``), found anywhere in the run's ``run.json`` files
   (also ``cold_start_s``); else pod created -> ready from a cluster run's kube-state-metrics
@@ -131,7 +133,12 @@ def calibrate_from_run(run_dir: Path | str, replicas: int | None = None) -> Cali
         raise SpecError("calibration", str(run_dir), "has no request records")
     services: dict[str, Distribution] = {}
     for model, group in records.groupby("model"):
-        times = _model_service_times(group, single_server=replicas == 1)
+        if (group["pod"] != "").all():
+            # Each replica is a single FIFO server: untangle its own requests.
+            parts = [_model_service_times(g, True) for _, g in group.groupby("pod")]
+            times = np.concatenate(parts) if parts else np.empty(0)
+        else:
+            times = _model_service_times(group, single_server=replicas == 1)
         if np.isfinite(times).sum() >= MIN_REQUESTS:
             services[str(model)] = Empirical.of(times)
     if not services:

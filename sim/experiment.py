@@ -47,6 +47,11 @@ class SimOptions:
     drain_timeout_s: float = 30.0  # like loadgen's --drain-timeout
     request_timeout_s: float = 60.0  # like loadgen's --timeout: the client gives up
     fixed_replicas: int | None = None  # simulate the local target: no autoscaler
+    hpa_sync_period_s: float = 15.0  # --horizontal-pod-autoscaler-sync-period
+    metrics_resolution_s: float = 15.0  # metrics-server's CPU samples
+    # Cores a replica keeps busy while serving: its CPU limit where one is enforced (a
+    # throttled replica uses exactly its quota), else one core (single-threaded server).
+    busy_cores: float = 1.0
 
 
 def load_spec(path: Path | str) -> Any:
@@ -116,6 +121,7 @@ def build_cluster(
     replica = ReplicaSpec(
         slots=slots,
         cpu_request_cores=request,
+        cpu_per_busy_slot=options.busy_cores,
         cold_start_s=cold,
         scheduling_s=options.scheduling_s,
         image_pull_s=options.image_pull_s,
@@ -125,41 +131,18 @@ def build_cluster(
         control: Any = FixedScale(options.fixed_replicas)
         routing = Routing("first_free")
     elif experiment.mode == "hpa":
-        if s.metric != "cpu":
-            raise SpecError("scaling.metric", s.metric, "the simulator models CPU for the HPA")
-        up = hpa.ScalingRules(
-            float(getattr(s.hpa, "scale_up_stabilization_s", 0)), hpa.DEFAULT_SCALE_UP.policies
-        )
-        down = hpa.ScalingRules(
-            float(s.hpa.scale_down_stabilization_s), hpa.DEFAULT_SCALE_DOWN.policies
-        )
-        params = hpa.HpaParams(
-            s.min_replicas, s.max_replicas, float(s.target), scale_up=up, scale_down=down
-        )
-        control = HpaAutoscaler(params)
+        control = HpaAutoscaler(hpa.params_from_scaling(s, options.hpa_sync_period_s))
         routing = Routing("random")  # kube-proxy spreads requests over the endpoints
     else:
-        k = s.knative
-        params = kpa.KpaParams(
-            metric=str(s.metric),
-            target=float(s.target),
-            target_utilization=getattr(s, "target_utilization_percentage", 70) / 100.0,
-            container_concurrency=s.container_concurrency,
-            stable_window_s=k.window_s,
-            panic_window_percentage=k.panic_window_percentage,
-            panic_threshold_percentage=k.panic_threshold_percentage,
-            scale_down_delay_s=k.scale_down_delay_s,
-            min_scale=s.min_replicas,
-            max_scale=s.max_replicas,
-            initial_scale=k.initial_scale,
-            scale_to_zero_retention_s=k.scale_to_zero_retention_s,
-            target_burst_capacity=getattr(k, "target_burst_capacity", 211.0),
-        )
+        params = kpa.params_from_scaling(s)
         control = KpaAutoscaler(params)
         routing = Routing(
             "first_free", activator=True, activator_timeout_s=options.activator_timeout_s
         )
-    return Cluster(replica, routing, control, seed=seed), service
+    cluster = Cluster(
+        replica, routing, control, seed=seed, metrics_resolution_s=options.metrics_resolution_s
+    )
+    return cluster, service
 
 
 def _pod_names(model: str, pods: np.ndarray) -> np.ndarray:

@@ -80,8 +80,9 @@ def test_a_short_experiment_end_to_end(tmp_path, trained_dir):
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "finished" and run["kind"] == "bench"
     assert run["spec"]["name"] == "short" and run["slo_ms"] == 250
-    assert run["replicas"].startswith("fixed (local target)")
-    assert run["local"]["servers"][MODEL]["ready_after_s"] > 0
+    assert run["replicas"] == "autoscaled by the local HPA (live control plane)"
+    assert run["local"]["models"][MODEL]["replicas"]["ready_after_s"][0] > 0
+    assert run["local"]["models"][MODEL]["autoscaler"] == "hpa"
     assert (trained_dir / MODEL).is_dir()  # trained because it was missing
     assert run["started_at"] < run["traffic_started_at"] < run["traffic_ended_at"]
     assert run["traffic_ended_at"] <= run["ended_at"]
@@ -99,9 +100,13 @@ def test_a_short_experiment_end_to_end(tmp_path, trained_dir):
     assert (run_dir / "warmup" / MODEL / "warmup-records.csv").exists()
     assert not (run_dir / "warmup" / MODEL / "records.csv").exists()
 
-    # Series from the real Prometheus: the fixed replica count and the server's histograms.
+    # Series from the real Prometheus: the plane's replica counts (under kube-state-metrics'
+    # names) and the replicas' own histograms.
     replicas = pd.read_parquet(run_dir / "series" / "replicas_ready.parquet")
-    assert set(replicas["model"]) == {MODEL} and set(replicas["value"]) == {1.0}
+    assert set(replicas["model"]) == {MODEL} and replicas["value"].max() >= 1.0
+    manifest = json.loads((run_dir / "series" / "collection.json").read_text())
+    assert manifest["sources"]["replicas_ready"] == "kube-state-metrics"
+    assert manifest["sources"]["cpu_cores"] == "cadvisor"
     assert (run_dir / "series" / "predict_seconds_count.parquet").exists()
 
     report = (run_dir / "report" / "report.md").read_text()
@@ -159,5 +164,7 @@ def test_an_interrupted_run_is_consistent_and_stops_its_servers(tmp_path, traine
     assert isinstance(run["series"], dict)
     assert (run_dir / "report" / "report.md").exists()
     # Every server the run started is gone.
-    assert server_is_down(run["local"]["servers"][MODEL]["url"])
+    assert server_is_down(run["local"]["models"][MODEL]["router"])
+    for replica in run["local"]["models"][MODEL]["replicas"]["pods"]:
+        assert server_is_down(f"http://127.0.0.1:{replica['port']}")
     assert server_is_down(run["local"]["prometheus_url"])

@@ -59,7 +59,8 @@ def test_defaults_and_derived_values():
         {**MINIMAL, "warmup": "5s", "cooldown": "1m", "patterns": MINIMAL["patterns"] * 3}
     )
     assert exp.models[0].protocol == "v1" and exp.models[0].batch == 1
-    assert exp.arrival == "poisson" and exp.repetitions == 1 and exp.local_replicas == 1
+    assert exp.arrival == "poisson" and exp.repetitions == 1
+    assert exp.local.fixed_replicas is None and exp.local.cgroups == "auto"
     assert exp.warmup_s == 5 and exp.cooldown_s == 60
     assert [p.label for p in exp.patterns] == ["0-constant", "1-constant", "2-constant"]
     assert exp.simulation.service_time == "measured"

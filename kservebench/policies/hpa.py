@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 CPU_INITIALIZATION_PERIOD_S = 300.0  # --horizontal-pod-autoscaler-cpu-initialization-period
 INITIAL_READINESS_DELAY_S = 30.0  # --horizontal-pod-autoscaler-initial-readiness-delay
@@ -57,6 +58,25 @@ class HpaParams:
     sync_period_s: float = 15.0  # --horizontal-pod-autoscaler-sync-period
     scale_up: ScalingRules = DEFAULT_SCALE_UP
     scale_down: ScalingRules = DEFAULT_SCALE_DOWN
+
+
+def params_from_scaling(scaling: Any, sync_period_s: float = 15.0) -> HpaParams:
+    """The HPA a ModelDeployment's ``scaling`` block (kservebench.operator.spec) creates:
+    replica bounds, the CPU target and its stabilization windows, default policies."""
+    from kservebench.errors import SpecError
+
+    if str(scaling.metric) != "cpu":
+        raise SpecError("scaling.metric", str(scaling.metric), "the HPA policy models cpu")
+    up = ScalingRules(float(scaling.hpa.scale_up_stabilization_s), DEFAULT_SCALE_UP.policies)
+    down = ScalingRules(float(scaling.hpa.scale_down_stabilization_s), DEFAULT_SCALE_DOWN.policies)
+    return HpaParams(
+        scaling.min_replicas,
+        scaling.max_replicas,
+        float(scaling.target),
+        sync_period_s=sync_period_s,
+        scale_up=up,
+        scale_down=down,
+    )
 
 
 @dataclass(frozen=True)

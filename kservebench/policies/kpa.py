@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from kservebench.operator.scaling import KnativeScaling
 
@@ -198,6 +199,27 @@ def decide(obs: KpaObservation, state: KpaState, params: KpaParams) -> tuple[Kpa
     ebc = excess_burst_capacity(obs, params)
     decision = KpaDecision(desired, scale, panicking, stable_desire, panic_desire, over, ebc)
     return decision, state
+
+
+def params_from_scaling(scaling: Any) -> KpaParams:
+    """The KPA of the revision a ModelDeployment's ``scaling`` block
+    (kservebench.operator.spec) creates in knative mode."""
+    k = scaling.knative
+    return KpaParams(
+        metric=str(scaling.metric),
+        target=float(scaling.target),
+        target_utilization=scaling.target_utilization_percentage / 100.0,
+        container_concurrency=scaling.container_concurrency,
+        stable_window_s=k.window_s,
+        panic_window_percentage=k.panic_window_percentage,
+        panic_threshold_percentage=k.panic_threshold_percentage,
+        scale_down_delay_s=k.scale_down_delay_s,
+        min_scale=scaling.min_replicas,
+        max_scale=scaling.max_replicas,
+        initial_scale=k.initial_scale,
+        scale_to_zero_retention_s=k.scale_to_zero_retention_s,
+        target_burst_capacity=k.target_burst_capacity,
+    )
 
 
 def initial_scale(params: KpaParams) -> int:

@@ -1,0 +1,172 @@
+"""The local control plane end to end: real replicas, router, live autoscalers, Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from conftest import TrainedModels
+
+from kservebench.bench.spec import parse_experiment
+from kservebench.errors import SpecError
+from kservebench.local.plane import ControlPlane
+from kservebench.local.settings import parse_local
+from kservebench.procs import kservebench_argv
+
+
+def _spec(**overrides: object) -> dict:
+    spec = {
+        "name": "plane",
+        "mode": "knative",
+        "models": [{"name": "sklearn-small", "protocol": "v1"}],
+        "scaling": {
+            "minReplicas": 0,
+            "maxReplicas": 2,
+            "metric": "concurrency",
+            "target": 1,
+            "containerConcurrency": 1,
+            "knative": {"window": "6s", "initialScale": 0},
+        },
+        "resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
+        "patterns": [{"type": "constant", "rate": 5, "duration": "5s"}],
+        "local": {"restartBackoff": "1s"},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (
+            {"resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "64"}}},
+            "resources.limits.cpu",
+        ),
+        ({"local": {"hpaSyncPeriod": "-5s"}}, "local.hpaSyncPeriod"),
+        ({"local": {"restartBackoff": "soon"}}, "local.restartBackoff"),
+        ({"local": {"cgroups": "maybe"}}, "local.cgroups"),
+        ({"local": {"replicas": 0}}, "local.replicas"),
+        (
+            {"scaling": {**_spec()["scaling"], "knative": {"window": "-10s"}}},
+            "scaling.knative.window",
+        ),
+    ],
+)
+def test_bad_control_plane_settings_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        experiment = parse_experiment(_spec(**overrides))
+        ControlPlane(experiment, experiment.local, {}, Path("/tmp/unused"))
+    assert err.value.field == field, err.value
+
+
+def test_cpu_limit_above_the_machine_names_its_cores() -> None:
+    cores = os.cpu_count() or 1
+    spec = _spec(resources={"requests": {"cpu": "1"}, "limits": {"cpu": str(cores + 1)}})
+    experiment = parse_experiment(spec)
+    with pytest.raises(SpecError, match=f"{cores} CPU cores"):
+        ControlPlane(experiment, experiment.local, {}, Path("/tmp/unused"))
+
+
+def test_local_block_defaults() -> None:
+    settings = parse_local(None)
+    assert settings.cgroups == "auto" and settings.fixed_replicas is None
+    assert settings.hpa_sync_period_s == 15.0 and settings.restart_backoff_s == 10.0
+
+
+@pytest.mark.slow
+def test_buffering_at_zero_loses_no_request_and_no_cgroups_runs_unlimited(
+    trained_models: TrainedModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At zero replicas the router holds every request, the KPA is poked and scales from
+    zero, every held request is answered; without writable cgroups limits are off and
+    the plane says so."""
+    monkeypatch.setenv("KSERVEBENCH_CGROUP_ROOT", str(tmp_path / "no-cgroups"))
+    experiment = parse_experiment(_spec())
+    dirs = {"sklearn-small": trained_models["sklearn-small"]}
+    with ControlPlane(experiment, experiment.local, dirs, tmp_path) as plane:
+        plane.start()
+        unit = plane.models["sklearn-small"]
+        assert unit.replica_set.ready() == []  # initialScale 0: created at zero
+        url = f"{plane.endpoint('sklearn-small')}/v1/models/sklearn-small:predict"
+        body = {"instances": [[0.1] * 20]}
+        with ThreadPoolExecutor(20) as pool:
+            responses = list(
+                pool.map(lambda _: requests.post(url, json=body, timeout=120), range(20))
+            )
+        assert [r.status_code for r in responses] == [200] * 20
+        assert all(
+            r.headers["x-serving-pod"].startswith("sklearn-small-predictor-") for r in responses
+        )
+        assert sum(unit.router.requests_total.values()) == 20
+        assert unit.router.buffered == 0
+        described = plane.describe()
+        assert any(e["from"] == 0 and e["to"] >= 1 for e in described["scale_events"])
+        assert described["limits"]["enforced"] is False and described["limits"]["reason"]
+
+
+def _bench_spec(tmp_path: Path) -> Path:
+    spec = {
+        "name": "kill",
+        "mode": "hpa",
+        "models": [{"name": "sklearn-small", "protocol": "v1"}],
+        "scaling": {"minReplicas": 1, "maxReplicas": 2, "metric": "cpu", "target": 70},
+        "resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "500m", "memory": "1Gi"}},
+        "patterns": [{"type": "constant", "rate": 20, "duration": "20s"}],
+        "local": {"restartBackoff": "1s"},
+    }
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _kill_a_ready_replica(results: Path, stop: threading.Event) -> None:
+    """Once the load runs, SIGKILL the replica serving it (as an OOM kill would)."""
+    while not stop.is_set():
+        runs = list(results.glob("kill-*/loads/*/*/records.csv"))
+        if runs and runs[0].stat().st_size > 2000:
+            for path in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    argv = path.read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"serve" in argv and b"sklearn-small" in argv:
+                    os.kill(int(path.parent.name), signal.SIGKILL)
+                    return
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_load_is_restarted_and_the_run_says_so(
+    trained_models: TrainedModels, tmp_path: Path
+) -> None:
+    import subprocess
+
+    trained_dir = trained_models["sklearn-small"].parent
+    results = tmp_path / "results"
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_a_ready_replica, args=(results, stop), daemon=True)
+    killer.start()
+    argv = kservebench_argv(
+        "bench", str(_bench_spec(tmp_path)), "--results", str(results), "--trained",
+        str(trained_dir), "--no-project", "--no-progress",
+    )  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    stop.set()
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = results.glob("kill-*")
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "finished with incidents"
+    crashed = [i for i in run["incidents"] if "crashed" in i["what"]]
+    assert crashed and crashed[0]["pod"].startswith("sklearn-small-predictor-")
+    assert run["local"]["restarts"] >= 1
+    records = [r for r in (run_dir / "loads").rglob("records.csv")]
+    text = "".join(p.read_text() for p in records)
+    assert ",False," in text  # the requests the crash cost are recorded as errors
