@@ -31,9 +31,12 @@ class Episode:
     first_response_s: float  # first response to a waiting request (ready time if unknown)
     length_s: float
     waiting_requests: int  # records sent during the zero stretch (0 without records)
-    cold_p50_ms: float = math.nan
+    cold_p50_ms: float = math.nan  # successful waiting requests
     warm_p50_ms: float = math.nan
     penalty_ms: float = math.nan  # cold p50 - warm p50
+    pattern: str = ""  # the pattern most waiting requests belong to ("" without records)
+    cold_max_ms: float = math.nan  # slowest successful waiting request
+    waiting_failed: int = 0  # waiting requests that failed or never finished
     phases_s: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -134,6 +137,11 @@ def _episode(
         done = (waiting["sent_s"] + waiting["latency_ms"] / 1000.0).to_numpy(dtype="float64")
         done = done[np.isfinite(done)]
         first_response = float(done.min()) if len(done) else math.nan
+        labels = waiting.get("pattern", pd.Series("", index=waiting.index))
+        patterns = labels.astype(str).value_counts(sort=True)
+        failed = ~waiting.get("ok", pd.Series(True, index=waiting.index)).to_numpy(dtype=bool)
+        if "unfinished" in waiting.columns:
+            failed |= waiting["unfinished"].to_numpy(dtype=bool)
         return Episode(
             model,
             zero_since,
@@ -142,6 +150,8 @@ def _episode(
             first_response,
             first_response - first_waiting,
             len(waiting),
+            pattern=str(patterns.index[0]) if len(patterns) else "",
+            waiting_failed=int(failed.sum()),
         )
     if in_flight is not None and len(in_flight):
         times, values = step_function(in_flight)
@@ -171,6 +181,7 @@ def _penalties(episodes: list[Episode], records: pd.DataFrame) -> None:
         for e in (e for e in episodes if e.model == model):
             mine = ok & (sent >= e.zero_since_s) & (sent < e.ready_at_s)
             e.cold_p50_ms = float(np.median(lat[mine])) if mine.any() else math.nan
+            e.cold_max_ms = float(lat[mine].max()) if mine.any() else math.nan
             e.warm_p50_ms = warm_p50
             e.penalty_ms = e.cold_p50_ms - warm_p50
 

@@ -31,12 +31,13 @@ class PlotInput:
     summary: dict
     over_time: pd.DataFrame  # latency.over_time of the records
     start_s: float
+    projection: bool = False  # a measured run's simulated projection, not a run of its own
 
 
-def prepare(data: RunData, summary: dict, window_s: float) -> PlotInput:
+def prepare(data: RunData, summary: dict, window_s: float, projection: bool = False) -> PlotInput:
     start = summary["window"]["start_s"]
     frame = latency.over_time(data.records, window_s, start if math.isfinite(start) else None)
-    return PlotInput(data, summary, frame, start)
+    return PlotInput(data, summary, frame, start, projection)
 
 
 def _png(fig: Figure) -> bytes:
@@ -118,7 +119,6 @@ def _series_plot(
     ylabel: str,
     title: str,
     scale: float = 1.0,
-    load_axis: bool = False,
 ) -> bytes | None:
     if not any(f in r.data.series for r in runs for f, _ in families):
         return None
@@ -141,23 +141,14 @@ def _series_plot(
             )
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if load_axis:
-        twin = ax.twinx()
-        for i, run in enumerate(runs):
-            x = run.over_time["time_s"] - run.start_s
-            twin.plot(x, run.over_time["offered_rps"], color=f"C{i}", alpha=0.3, lw=3)
-        twin.set_ylabel("offered requests/s (wide, faint)")
     return _finish(fig, [ax])
 
 
 def replicas_vs_load(runs: list[PlotInput]) -> bytes | None:
-    return _series_plot(
-        runs,
-        [("replicas_ready", "-"), ("replicas_desired", "--")],
-        "replicas",
-        "Replicas against offered load",
-        load_axis=True,
-    )
+    """One panel per model and run, scale events marked (``plots_scaling``)."""
+    from kservebench.analysis.plots_scaling import replicas_per_model  # it imports this module
+
+    return replicas_per_model(runs)
 
 
 def cpu_memory(runs: list[PlotInput]) -> bytes | None:
@@ -229,7 +220,7 @@ def pattern_latency(runs: list[PlotInput]) -> bytes | None:
 PLOTS: dict[str, tuple[str, Callable[[list[PlotInput]], bytes | None]]] = {
     "latency_over_time": ("Latency percentiles over time", latency_over_time),
     "throughput": ("Throughput vs offered load", throughput_vs_offered),
-    "replicas": ("Replicas against load", replicas_vs_load),
+    "replicas": ("Replicas against offered load, per model", replicas_vs_load),
     "cold_starts": ("Cold-start timeline", cold_start_timeline),
     "cpu_memory": ("CPU and memory", cpu_memory),
     "pattern_latency": ("Latency p95 per model and pattern", pattern_latency),

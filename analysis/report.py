@@ -10,16 +10,16 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kservebench.analysis import plots
+from kservebench.analysis import plots, plots_scaling, simcompare, verdict
+from kservebench.analysis.fmt import DASH, fmt, pct, prune
 from kservebench.analysis.projection import RUN_KEY, Projection, load_projection
 from kservebench.analysis.summary import (
     DEFAULT_WINDOW_S,
@@ -28,6 +28,22 @@ from kservebench.analysis.summary import (
     load_run,
     summarize,
 )
+from kservebench.analysis.tables import (
+    KEYS,
+    episodes_table,
+    latency_cell,
+    overview_table,
+    pattern_table,
+    replicas_table,
+    resources_table,
+    scaling_table,
+)
+
+__all__ = [  # the table builders stay importable from here (the notebook uses them)
+    "Block", "blocks", "build_report", "episodes_table", "overview_table", "pattern_table",
+    "render_html", "render_markdown", "replicas_table", "resources_table", "scaling_table",
+]  # fmt: skip
+VERSUS = "versus_measured"  # the projection's comparison with measurement in summary.json
 
 
 @dataclass
@@ -37,145 +53,54 @@ class Block:
     caption: str = ""
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "–"
-        return f"{value:,.{digits}f}" if abs(value) < 1e6 else f"{value:,.0f}"
-    return str(value)
+def section(heading: str, table: pd.DataFrame, keys: Sequence[str], level: str = "h3") -> list:
+    """A heading and its table, or nothing when no row or column has a value to show."""
+    table = prune(table, keys)
+    return [Block(level, heading), Block("table", table)] if len(table) else []
 
 
-def _pct(value: Any) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value * 100:.2f}%"
+def run_sections(s: dict[str, Any], prefix: str = "") -> list[Block]:
+    """The per-run tables (measured, or a projection's with ``prefix`` "Simulated")."""
 
+    def name(text: str) -> str:
+        return f"{prefix} {text[0].lower()}{text[1:]}" if prefix else text
 
-def _latency_cell(key: str, summary: dict[str, Any]) -> str:
-    return _fmt(summary["latency_ms"][key])
-
-
-def overview_table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One column per run, one row per headline metric."""
-    rows: dict[str, Callable[[dict[str, Any]], str]] = {
-        "kind": lambda s: str(s.get("kind") or "–") + (" (SIMULATED)" if s["simulated"] else ""),
-        "requests": lambda s: _fmt(s["requests"]),
-        **{
-            f"latency {k} (ms)": partial(_latency_cell, k)
-            for k in ("p50", "p90", "p95", "p99", "max")
-        },
-        "throughput (req/s)": lambda s: _fmt(s["throughput_rps"], 2),
-        "error rate": lambda s: _pct(s["error_rate"]),
-        "SLO attainment": lambda s: f"{_pct(s['slo_attainment'])} within {_fmt(s['slo_ms'], 0)} ms",
-        "server p95 (ms)": lambda s: (
-            ", ".join(
-                f"{m or 'all'} {_fmt(v['p95'], 2)}" for m, v in s["server_latency_ms"].items()
-            )
-            or "–"
-        ),
-        "cold starts": lambda s: str(s["cold_starts"]["count"]),
-        "cold start p50 / max (s)": lambda s: (
-            f"{_fmt(s['cold_starts']['p50_s'])} / {_fmt(s['cold_starts']['max_s'])}"
-        ),
-        "replica-seconds": lambda s: _fmt(s["replica_seconds"], 0),
-        "CPU-seconds per 1k requests": lambda s: _fmt(s["cpu_seconds_per_1k"], 2),
-    }
-    data = {s["label"]: [fn(s) for fn in rows.values()] for s in summaries}
-    return pd.DataFrame(data, index=list(rows)).rename_axis("metric").reset_index()
-
-
-def pattern_table(summary: dict[str, Any]) -> pd.DataFrame:
-    table = pd.DataFrame(summary["by_model_pattern"])
-    if table.empty:
-        return table
-    out = table[["model", "pattern", "requests"]].copy()
-    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"):
-        out[key] = table[key].map(_fmt)
-    out["throughput_rps"] = table["throughput_rps"].map(lambda v: _fmt(v, 2))
-    out["error_rate"] = table["error_rate"].map(_pct)
-    out["slo_attainment"] = table["slo_attainment"].map(_pct)
+    out = section(name("Latency and throughput per model and pattern"), pattern_table(s),
+                  KEYS["pattern"])  # fmt: skip
+    if s.get("replicas_by_pattern"):
+        out += section(name("Replicas over time, per pattern"), replicas_table(s), KEYS["replicas"])
+    out += section(name("Cold-start episodes"), episodes_table(s), KEYS["episodes"])
+    steps = scaling_table(s)
+    shown = prune(steps, KEYS["scaling"])
+    out += section(name("Autoscaling responsiveness"), shown, KEYS["scaling"])
+    if len(shown) and len(steps) > len(shown):
+        left = len(steps) - len(shown)
+        out.append(Block("text", f"{left} load step{'s' if left > 1 else ''} without any "
+                                 "replica change left out."))  # fmt: skip
+    out += section(name("Resources and provisioning"), resources_table(s), KEYS["resources"])
     return out
 
 
-def episodes_table(summary: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    start = summary["window"]["start_s"]
-    for e in summary["cold_starts"]["episodes"]:
-        phases = ", ".join(f"{k} {_fmt(v)}" for k, v in e["phases_s"].items() if k != "pod")
-        rows.append(
-            {
-                "model": e["model"],
-                "at (s)": _fmt(e["first_waiting_s"] - start),
-                "length (s)": _fmt(e["length_s"], 2),
-                "waiting requests": e["waiting_requests"],
-                "cold p50 (ms)": _fmt(e["cold_p50_ms"]),
-                "warm p50 (ms)": _fmt(e["warm_p50_ms"]),
-                "penalty (ms)": _fmt(e["penalty_ms"]),
-                "pod phases (s)": phases or "–",
-            }
-        )
-    return pd.DataFrame(rows)
+def versus_blocks(comparison: dict[str, Any], image: str | None) -> list[Block]:
+    """Measured against simulated, per model, and both trajectories on one plot."""
+    if not comparison:
+        return []
+    out = [
+        Block("h3", "Simulation against measurement"),
+        Block("text", "Per model over its patterns (first start to last end, each run on its "
+                      "own clock); difference = (simulated - measured) / measured."),
+    ]  # fmt: skip
+    for model, table in simcompare.comparison_tables(comparison):
+        out += [Block("text", f"{model}:"), Block("table", table)]
+    if image is not None:
+        caption = "Ready replicas, measured (solid) vs simulated (dashed)"
+        out.append(Block("image", image, caption))
+    return out
 
 
-def scaling_table(summary: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    start = summary["window"]["start_s"]
-    for model, steps in summary["responsiveness"].items():
-        for step in steps:
-            rows.append(
-                {
-                    "model": model or "all",
-                    "load step at (s)": _fmt(step["step_s"] - start),
-                    "replicas before": _fmt(step["replicas_before"], 0),
-                    "first change after (s)": _fmt(step["first_change_s"]),
-                    "settled after (s)": _fmt(step["settled_s"]),
-                    "settled replicas": _fmt(step["settled_replicas"], 0),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def resources_table(summary: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    for model, u in summary["utilization"].items():
-        p = summary["provisioning"].get(model, {})
-        rows.append(
-            {
-                "model": model or "all",
-                "CPU cores mean / p95": f"{_fmt(u['cpu_cores_mean'], 3)} / "
-                f"{_fmt(u['cpu_cores_p95'], 3)}",
-                "CPU requested": _fmt(u["cpu_requested_cores"], 2),
-                "memory MiB mean / max": f"{_fmt(u['memory_bytes_mean'] / 2**20)} / "
-                f"{_fmt(u['memory_bytes_max'] / 2**20)}",
-                "CPU-s per 1k req": _fmt(u["cpu_seconds_per_1k"], 2),
-                "replica-s": _fmt(p.get("replica_seconds"), 0),
-                "over / under replica-s": f"{_fmt(p.get('over_replica_seconds'), 0)} / "
-                f"{_fmt(p.get('under_replica_seconds'), 0)}",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def replicas_table(summary: dict[str, Any]) -> pd.DataFrame:
-    """Replicas over time, per model and pattern (a projection's ``replicas_by_pattern``)."""
-    rows = []
-    start = summary["window"]["start_s"]
-    for r in summary.get("replicas_by_pattern") or []:
-        rows.append(
-            {
-                "model": r["model"],
-                "pattern": r["pattern"],
-                "from / to (s)": f"{_fmt(r['from_s'] - start, 0)} / {_fmt(r['to_s'] - start, 0)}",
-                "replicas mean": _fmt(r["replicas_mean"], 2),
-                "min / max": f"{_fmt(r['replicas_min'], 0)} / {_fmt(r['replicas_max'], 0)}",
-                "most desired": _fmt(r["desired_max"], 0),
-                "replica-s": _fmt(r["replica_seconds"], 0),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def projection_blocks(projection: dict[str, Any], run_label: str) -> list[Block]:
+def projection_blocks(
+    projection: dict[str, Any], run_label: str, image: str | None = None
+) -> list[Block]:
     """A run's simulated projection beside its measured sections, labelled as simulated;
     a missing one says so (the measured sections stand on their own)."""
     title = projection["title"]
@@ -200,20 +125,45 @@ def projection_blocks(projection: dict[str, Any], run_label: str) -> list[Block]
     out.append(
         Block(
             "text",
-            f"{_fmt(summary['requests'])} requests, p95 {_latency_cell('p95', summary)} ms, "
-            f"SLO attainment {_pct(summary['slo_attainment'])}; cold starts "
-            f"{colds['count']} (p50 / max {_fmt(colds['p50_s'])} / {_fmt(colds['max_s'])} s); "
-            f"replica-seconds {_fmt(summary['replica_seconds'], 0)}.",
+            f"{fmt(summary['requests'])} requests, p95 {latency_cell('p95', summary)} ms, "
+            f"SLO attainment {pct(summary['slo_attainment'])}; cold starts "
+            f"{colds['count']} (p50 / max {fmt(colds['p50_s'])} / {fmt(colds['max_s'])} s); "
+            f"replica-seconds {fmt(summary['replica_seconds'], 0)}.",
         )
     )
-    for heading, table in (
-        ("Simulated latency and throughput per model and pattern", pattern_table(summary)),
-        ("Simulated replicas over time, per pattern", replicas_table(summary)),
-        ("Simulated cold-start episodes", episodes_table(summary)),
-        ("Simulated resources and provisioning", resources_table(summary)),
-    ):
-        out.append(Block("h3", heading))
-        out.append(Block("table", table) if len(table) else Block("text", "none"))
+    out += versus_blocks(projection.get(VERSUS) or {}, image)
+    return out + run_sections(summary, prefix="Simulated")
+
+
+def verdict_blocks(result: dict[str, Any] | None, summaries: Sequence[dict[str, Any]]) -> list:
+    """The runs of different modes judged per model and pattern, and when scale to zero
+    pays; nothing unless the report compares at least two modes."""
+    if not result:
+        return []
+    slos = ", ".join(f"{s['label']} {fmt(s['slo_ms'], 0)} ms" for s in summaries)
+    out = [
+        Block("h2", "Verdict: " + " vs ".join(result["modes"])),
+        Block("text", "Per model and pattern, one row per run; the better figure in bold. "
+                      "Replica- and CPU-seconds integrate ready replicas and CPU cores (summed "
+                      "over pods) over the pattern's window; SLO attainment counts every "
+                      f"request, failures as misses (SLO {slos}); p95/p99 are over successful "
+                      "requests; the cold-start penalty is the worst episode's waiting p50 "
+                      "minus the warm p50 in that window."),
+    ]  # fmt: skip
+    out += section("Per model and pattern", verdict.verdict_table(result),
+                   ("model", "pattern", "mode", "run"))  # fmt: skip
+    stz = result.get("scale_to_zero") or {}
+    if stz:
+        out += [
+            Block("h3", "When scale to zero pays"),
+            Block("text", "From the measured replica-seconds per second of each mode while "
+                          "loaded (R, during patterns) and while idle (I, between them), Knative "
+                          "costs less at idle share f when f*I_k + (1-f)*R_k < f*I_h + "
+                          "(1-f)*R_h, i.e. f > (R_k - R_h) / ((R_k - R_h) + (I_h - I_k)). The "
+                          "idle rates include the scale-down tail of this run's idle gaps."),
+            Block("table", verdict.scale_to_zero_table(result)),
+        ]  # fmt: skip
+        out += [Block("text", e["reading"]) for e in stz.values()]
     return out
 
 
@@ -228,65 +178,65 @@ def _with_projections(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def blocks(summaries: Sequence[dict[str, Any]], images: dict[str, bytes]) -> list[Block]:
+def _notes(s: dict[str, Any]) -> list[Block]:
+    out = []
+    if s["simulated"]:
+        out.append(Block("warn", f"{s['label']}: SIMULATED run — numbers come from the "
+                                 "discrete-event simulator, not from real servers."))  # fmt: skip
+    if s.get("target") == "local" and s.get("replicas"):
+        if str(s["replicas"]).startswith("fixed"):
+            what = ("The measured numbers show the data plane only; what the autoscaler "
+                    "would do comes from the simulated projection.")  # fmt: skip
+        else:
+            what = ("Replica trajectories, cold starts and CPU were measured on the local "
+                    "control plane.")  # fmt: skip
+        out.append(Block("warn", f"{s['label']}: replicas {s['replicas']}. {what}"))
+    if s["missing_families"]:
+        out.append(Block("warn", f"{s['label']}: missing metric families: "
+                                 f"{', '.join(s['missing_families'])} "
+                                 "(the sections that need them are left out)."))  # fmt: skip
+    return out
+
+
+def blocks(
+    summaries: Sequence[dict[str, Any]],
+    images: dict[str, bytes],
+    result: dict[str, Any] | None = None,
+) -> list[Block]:
+    """The whole report; ``result`` is ``verdict.verdict`` of the runs (None: no verdict)."""
     title = "kservebench report" + (" — comparison" if len(summaries) > 1 else "")
     out = [Block("h1", title)]
     for s in summaries:
-        if s["simulated"]:
-            out.append(
-                Block(
-                    "warn",
-                    f"{s['label']}: SIMULATED run — numbers come from the "
-                    "discrete-event simulator, not from real servers.",
-                )
-            )
-        if s.get("target") == "local" and s.get("replicas"):
-            out.append(
-                Block(
-                    "warn",
-                    f"{s['label']}: replicas {s['replicas']}. The measured numbers show "
-                    "the data plane only; what the autoscaler would do comes from the "
-                    "simulated projection.",
-                )
-            )
-        if s["missing_families"]:
-            out.append(
-                Block(
-                    "warn",
-                    f"{s['label']}: missing metric families: "
-                    f"{', '.join(s['missing_families'])} "
-                    "(the sections that need them are left out).",
-                )
-            )
-    out += [Block("h2", "Overview"), Block("table", overview_table(_with_projections(summaries)))]
+        out += _notes(s)
+    out += section("Overview", overview_table(_with_projections(summaries)), KEYS["overview"],
+                   "h2")  # fmt: skip
+    out += verdict_blocks(result, summaries)
     for name, (caption, _) in plots.PLOTS.items():
         if name in images:
             out += [Block("h2", caption), Block("image", name, caption)]
-    for s in summaries:
+    for i, s in enumerate(summaries):
         out.append(Block("h2", f"Run {s['label']}"))
         out.append(
             Block(
                 "text",
-                f"Folder `{s['path']}`, kind {s.get('kind') or '–'}, target "
-                f"{s.get('target') or '–'}, status {s.get('status') or '–'}, "
-                f"{_fmt(s['window']['duration_s'])} s.",
+                f"Folder `{s['path']}`, kind {s.get('kind') or DASH}, target "
+                f"{s.get('target') or DASH}, status {s.get('status') or DASH}, "
+                f"{fmt(s['window']['duration_s'])} s.",
             )
         )
-        for heading, table in (
-            ("Latency and throughput per model and pattern", pattern_table(s)),
-            ("Cold-start episodes", episodes_table(s)),
-            ("Autoscaling responsiveness", scaling_table(s)),
-            ("Resources and provisioning", resources_table(s)),
-        ):
-            out.append(Block("h3", heading))
-            out.append(Block("table", table) if len(table) else Block("text", "none"))
+        out += run_sections(s)
         sources = (s.get("collection") or {}).get("sources") or {}
         if sources:
             text = ", ".join(f"{k} ← {v}" for k, v in sorted(sources.items()))
             out += [Block("h3", "Series sources"), Block("text", text)]
         if s.get(RUN_KEY):
-            out += projection_blocks(s[RUN_KEY], s["label"])
+            image = versus_image(i)
+            out += projection_blocks(s[RUN_KEY], s["label"], image if image in images else None)
     return out
+
+
+def versus_image(index: int) -> str:
+    return f"versus_measured_{index}"
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -321,6 +271,9 @@ padding:3px 8px;text-align:right}th{background:#f3f3f3}.warn{background:#fff3cd;
 border:1px solid #e0c060;padding:.5em 1em}img{max-width:100%}"""
 
 
+BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
 def render_html(content: list[Block], images: dict[str, bytes]) -> str:
     parts = []
     for b in content:
@@ -329,7 +282,8 @@ def render_html(content: list[Block], images: dict[str, bytes]) -> str:
         elif b.kind == "warn":
             parts.append(f'<p class="warn">{html.escape(b.content)}</p>')
         elif b.kind == "table":
-            parts.append(b.content.to_html(index=False, border=0, escape=True))
+            table = b.content.to_html(index=False, border=0, escape=True)
+            parts.append(BOLD.sub(r"<b>\1</b>", table))  # the markdown's **best** cells
         elif b.kind == "image":
             data = base64.b64encode(images[b.content]).decode("ascii")
             parts.append(f'<img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">')
@@ -359,22 +313,32 @@ def build_report(
     out = Path(out) if out else default_out(dirs)
     runs: list[RunData] = []
     summaries: list[dict[str, Any]] = []
-    plotted: list[tuple[RunData, dict[str, Any]]] = []  # each run, then its projection
-    for d in dirs:
+    plotted: list[tuple[RunData, dict[str, Any], bool]] = []  # each run, then its projection
+    images: dict[str, bytes] = {}
+    for i, d in enumerate(dirs):
         say(f"loading {d}")
         runs.append(load_run(Path(d)))
         say(f"computing metrics for {d}")
         summaries.append(summarize(runs[-1], slo_ms, window_s, rps_per_replica))
-        plotted.append((runs[-1], summaries[-1]))
-        projection: Projection | None = load_projection(
-            runs[-1], slo_ms or summaries[-1]["slo_ms"], window_s, rps_per_replica
-        )
-        if projection is not None:
-            summaries[-1][RUN_KEY] = projection.as_dict()
-            if projection.data is not None and projection.summary is not None:
-                plotted.append((projection.data, projection.summary))
-    inputs = [plots.prepare(r, s, window_s) for r, s in plotted]
-    images: dict[str, bytes] = {}
+        plotted.append((runs[-1], summaries[-1], False))
+        slo = slo_ms or summaries[-1]["slo_ms"]
+        projection: Projection | None = load_projection(runs[-1], slo, window_s, rps_per_replica)
+        if projection is None:
+            continue
+        summaries[-1][RUN_KEY] = projection.as_dict()
+        if projection.data is not None and projection.summary is not None:
+            plotted.append((projection.data, projection.summary, True))
+            if simcompare.has_live_replicas(runs[-1]):
+                say(f"comparing {d} with its simulated projection")
+                summaries[-1][RUN_KEY][VERSUS] = simcompare.compare_projection(
+                    runs[-1], projection.data, slo
+                )
+                png = plots_scaling.projection_overlay(runs[-1], projection.data)
+                if png is not None:
+                    images[versus_image(i)] = png
+    say("judging the modes")
+    result = verdict.verdict([(r, s["slo_ms"]) for r, s in zip(runs, summaries, strict=True)])
+    inputs = [plots.prepare(r, s, window_s, projection=p) for r, s, p in plotted]
     for name, (_, build) in plots.PLOTS.items():
         say(f"plotting {name}")
         png = build(inputs)
@@ -384,7 +348,7 @@ def build_report(
     (out / "plots").mkdir(parents=True, exist_ok=True)
     for name, png in images.items():
         (out / "plots" / f"{name}.png").write_bytes(png)
-    content = blocks(summaries, images)
+    content = blocks(summaries, images, result)
     written = {
         "html": out / "report.html",
         "md": out / "report.md",
@@ -393,5 +357,7 @@ def build_report(
     written["md"].write_text(render_markdown(content))
     written["html"].write_text(render_html(content, images))
     payload: Any = summaries[0] if len(summaries) == 1 else {"runs": summaries}
+    if result is not None:
+        payload["verdict"] = result
     written["json"].write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False))
     return written

@@ -15,7 +15,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from kservebench.analysis.series import integrate_step, per_model, step_function, value_at
+from kservebench.analysis.series import (
+    integrate_series,
+    integrate_step,
+    per_model,
+    step_function,
+    value_at,
+)
 
 
 def ratio(a: float, b: float) -> float:
@@ -161,9 +167,8 @@ def utilization(
         row["cpu_utilization"] = ratio(row["cpu_cores_mean"], row["cpu_requested_cores"])
         row["memory_utilization"] = ratio(row["memory_bytes_mean"], row["memory_requested_bytes"])
         cpu_seconds = math.nan
-        if model in cpu:
-            t, v = step_function(cpu[model])
-            cpu_seconds = integrate_step(t, v, start_s, end_s)
+        if model in cpu:  # per pod: a deleted pod's CPU stops with its series
+            cpu_seconds = integrate_series(cpu[model], start_s, end_s)
         row["cpu_seconds"] = cpu_seconds
         n = requests_by_model.get(model, requests_by_model.get("", 0))
         row["cpu_seconds_per_1k"] = ratio(cpu_seconds, n / 1000.0)

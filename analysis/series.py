@@ -190,11 +190,31 @@ def integrate_step(
     ``max_gap_s`` (a gap in scraping is unknown, not the last value forever)."""
     if len(times) == 0 or end_s <= start_s:
         return 0.0
-    t = np.clip(times, start_s, end_s)
-    nxt = np.append(t[1:], end_s)
-    dt = np.clip(nxt - t, 0.0, max_gap_s)
+    times = np.asarray(times, dtype="float64")
+    # Each sample holds until the next one, for at most max_gap_s after its own time (a
+    # sample long before the window does not hold across it).
+    stop = np.minimum(np.append(times[1:], end_s), times + max_gap_s)
+    dt = np.clip(np.clip(stop, start_s, end_s) - np.clip(times, start_s, end_s), 0.0, None)
     ok = np.isfinite(values)
     return float(np.sum(values[ok] * dt[ok]))
+
+
+def integrate_series(frame: pd.DataFrame, start_s: float, end_s: float) -> float:
+    """Integral over [start, end] of a gauge summed over its series, each integrated on its
+    own: a series that stops (a pod deleted, its CPU series gone) holds its last value for
+    one of its sampling steps, not until another pod's next sample."""
+    frame = frame[np.isfinite(frame["value"].to_numpy(dtype="float64"))]
+    if frame.empty or end_s <= start_s:
+        return 0.0
+    labels = label_columns(frame)
+    groups = frame.groupby(labels, observed=True, dropna=False) if labels else [((), frame)]
+    total = 0.0
+    for _, one in groups:
+        one = one.sort_values("time_s")
+        t, v = one["time_s"].to_numpy(dtype="float64"), one["value"].to_numpy(dtype="float64")
+        step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
+        total += integrate_step(np.append(t, t[-1] + step), np.append(v, 0.0), start_s, end_s)
+    return total
 
 
 def per_model(frame: pd.DataFrame | None) -> dict[str, pd.DataFrame]:

@@ -125,6 +125,26 @@ def slo_from_run(run: dict[str, Any]) -> float | None:
     return None
 
 
+def mode_of(run: dict[str, Any]) -> str | None:
+    """The serving mode a run measured (``hpa``, ``knative``...): run.json's ``mode``, else
+    the spec's. None when neither names one (then no verdict compares it)."""
+    mode = run.get("mode")
+    if not isinstance(mode, str) or not mode:
+        spec = run.get("spec")
+        mode = spec.get("mode") if isinstance(spec, dict) else None
+    return mode if isinstance(mode, str) and mode else None
+
+
+def episodes_of(data: RunData) -> list[coldstart.Episode]:
+    """The run's cold-start episodes, from replicas_ready, the records, in-flight requests
+    and (where collected) the pod-lifecycle timestamps that decompose them."""
+    series = data.series
+    lifecycle = {n: series[n] for n in LIFECYCLE_FAMILIES if n in series}
+    return coldstart.cold_start_episodes(
+        series.get("replicas_ready"), data.records, series.get("requests_in_flight"), lifecycle
+    )
+
+
 def _requests_by_model(records: pd.DataFrame) -> dict[str, int]:
     counts = records.groupby("model", observed=True).size()
     out = {str(m): int(n) for m, n in counts.items()}
@@ -159,10 +179,7 @@ def summarize(
             series["predict_seconds_count"], start, math.inf
         )
 
-    lifecycle = {n: series[n] for n in LIFECYCLE_FAMILIES if n in series}
-    episodes = coldstart.cold_start_episodes(
-        series.get("replicas_ready"), records, series.get("requests_in_flight"), lifecycle
-    )
+    episodes = episodes_of(data)
 
     offered = scaling.offered_rps(records)
     steps = scaling.detect_load_steps(offered, window_s=window_s)
@@ -171,10 +188,13 @@ def summarize(
         m: scaling.provisioning(f, offered_for(records, m), rps_target, start, end)
         for m, f in replicas.items()
     }
-    scaling_source = series.get("replicas_desired")
+    # Each model answers the steps of its own offered load (models take turns in a bench
+    # run: another model's steps say nothing about this one's autoscaler).
     responsive = {
-        m: scaling.responsiveness(f, steps, end)
-        for m, f in (per_model(scaling_source) or replicas).items()
+        m: scaling.responsiveness(
+            f, scaling.detect_load_steps(offered_for(records, m), window_s=window_s), end
+        )
+        for m, f in (per_model(series.get("replicas_desired")) or replicas).items()
     }
     replica_seconds = (
         sum(p["replica_seconds"] for p in provisioning.values()) if provisioning else math.nan
@@ -187,6 +207,7 @@ def summarize(
         "label": data.label,
         "path": str(data.path),
         "kind": data.run.get("kind"),
+        "mode": mode_of(data.run),
         "simulated": data.simulated,
         "status": data.run.get("status"),
         "target": data.run.get("target"),

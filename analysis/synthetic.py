@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,7 @@ class SyntheticSpec:
     zero_stretches: tuple[tuple[float, float], ...] = ()
     kind: str = "bench"
     name: str = "synthetic"
+    mode: str | None = None  # run.json's serving mode (hpa, knative); None leaves it out
     extra_families: int = 0  # filler gauges for size benchmarks
     skip_families: tuple[str, ...] = ()
     seed: int = 7
@@ -138,8 +141,6 @@ def generate_series(spec: SyntheticSpec, records: pd.DataFrame) -> dict[str, lis
 
 def write_run(out_dir: Path, spec: SyntheticSpec) -> Path:
     """Write run.json, records (one file per model/pattern) and series/*.parquet."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     records = generate_records(spec)
     run = {
         "kind": spec.kind,
@@ -154,6 +155,23 @@ def write_run(out_dir: Path, spec: SyntheticSpec) -> Path:
             "rps_per_replica": spec.rps_per_replica,
         },
     }
+    if spec.mode is not None:
+        run["mode"] = spec.mode
+    series = generate_series(spec, records)
+    return write_folder(out_dir, run, records, series, missing=spec.skip_families)
+
+
+def write_folder(
+    out_dir: Path,
+    run: dict[str, Any],
+    records: pd.DataFrame,
+    series: dict[str, list[pd.DataFrame]],
+    missing: Sequence[str] = (),
+) -> Path:
+    """A results folder from frames built by hand: run.json, one records file per model
+    and pattern, series/*.parquet and the collection manifest (tests state exact inputs)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "run.json").write_text(json.dumps(run, indent=2))
     for (model, pattern), group in records.groupby(["model", "pattern"]):
         load_dir = out_dir / "loads" / f"{model}-{pattern}"
@@ -161,12 +179,11 @@ def write_run(out_dir: Path, spec: SyntheticSpec) -> Path:
         coerce_records(group)[list(RECORD_COLUMNS)].to_csv(load_dir / RECORDS_FILE, index=False)
     series_dir = out_dir / SERIES_DIR
     series_dir.mkdir(exist_ok=True)
-    series = generate_series(spec, records)
     for family, frames in series.items():
         write_series(out_dir, family, frames)
     manifest = {
         "sources": dict.fromkeys(series, "synthetic"),
-        "missing": sorted(spec.skip_families),
+        "missing": sorted(missing),
         "errors": {},
     }
     (series_dir / COLLECTION_FILE).write_text(json.dumps(manifest, indent=2))
