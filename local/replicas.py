@@ -39,7 +39,10 @@ from kservebench.procs import ManagedProcess, free_port
 
 log = logging.getLogger(__name__)
 STATES = ("pending", "starting", "ready", "terminating", "backoff", "gone")
-READY_PROBE_PERIOD_S = 1.0  # a ready replica is re-probed this often
+# kubelet's readinessProbe defaults (periodSeconds 10, timeoutSeconds 1, failureThreshold
+# 3): a saturated, throttled replica answers its probe late, and a stricter probe would take
+# it out of the Service (and out of the HPA's metrics) exactly when it is busiest.
+READY_PROBE_PERIOD_S = 10.0  # a ready replica is re-probed this often
 READY_FAILURE_THRESHOLD = 3  # consecutive failed probes before a ready replica is unready
 _set_ids = itertools.count(1)  # keeps cgroup names of two sets of one model apart
 
@@ -149,7 +152,7 @@ class ReplicaSet:
         ready_timeout_s: float = 120.0,
         grace_s: float = 30.0,
         backoff_reset_s: float = 600.0,
-        probe_timeout_s: float = 0.5,
+        probe_timeout_s: float = 1.0,
         ready_path: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
