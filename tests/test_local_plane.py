@@ -128,16 +128,20 @@ def _bench_spec(tmp_path: Path) -> Path:
 
 
 def _kill_a_ready_replica(results: Path, stop: threading.Event) -> None:
-    """Once the load runs, SIGKILL the replica serving it (as an OOM kill would)."""
+    """Once the load runs, SIGKILL the run's own replica (as an OOM kill would); other
+    tests' model servers may still be running, so it is found by the port run.json names."""
     while not stop.is_set():
         runs = list(results.glob("kill-*/loads/*/*/records.csv"))
         if runs and runs[0].stat().st_size > 2000:
+            run = json.loads((runs[0].parents[3] / "run.json").read_text())
+            pods = run["local"]["models"]["sklearn-small"]["replicas"]["pods"]
+            port = str(pods[0]["port"]).encode()
             for path in Path("/proc").glob("[0-9]*/cmdline"):
                 try:
                     argv = path.read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if b"serve" in argv and b"sklearn-small" in argv:
+                if b"serve" in argv and b"--port" in argv and port in argv:
                     os.kill(int(path.parent.name), signal.SIGKILL)
                     return
         time.sleep(0.2)
