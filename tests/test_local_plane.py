@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 import yaml
@@ -127,28 +128,41 @@ def _bench_spec(tmp_path: Path) -> Path:
     return path
 
 
-def _kill_a_ready_replica(results: Path, stop: threading.Event) -> None:
-    """Once the load runs, SIGKILL the run's own replica (as an OOM kill would); other
-    tests' model servers may still be running, so it is found by the port run.json names."""
-    while not stop.is_set():
+def _kill(marker: bytes, *also: bytes) -> bool:
+    """SIGKILL the process whose argv holds ``marker`` and every one of ``also``."""
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = path.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in argv and all(a in argv for a in also):
+            os.kill(int(path.parent.name), signal.SIGKILL)
+            return True
+    return False
+
+
+def _crash_things(results: Path, stop: threading.Event, killed: dict[str, float]) -> None:
+    """While the load runs, SIGKILL the run's own replica (as an OOM kill would), then its
+    Prometheus. Other tests' servers may still be running: both are found by the ports
+    run.json names."""
+    while not stop.is_set() and len(killed) < 2:
         runs = list(results.glob("kill-*/loads/*/*/records.csv"))
-        if runs and runs[0].stat().st_size > 2000:
+        size = runs[0].stat().st_size if runs else 0
+        if size > 2000 and "replica" not in killed:
             run = json.loads((runs[0].parents[3] / "run.json").read_text())
             pods = run["local"]["models"]["sklearn-small"]["replicas"]["pods"]
-            port = str(pods[0]["port"]).encode()
-            for path in Path("/proc").glob("[0-9]*/cmdline"):
-                try:
-                    argv = path.read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if b"serve" in argv and b"--port" in argv and port in argv:
-                    os.kill(int(path.parent.name), signal.SIGKILL)
-                    return
+            if _kill(b"serve", b"--port", str(pods[0]["port"]).encode()):
+                killed["replica"] = time.time()
+        elif size > 15000 and "replica" in killed and "prometheus" not in killed:
+            run = json.loads((runs[0].parents[3] / "run.json").read_text())
+            address = run["local"]["prometheus_url"].removeprefix("http://")
+            if _kill(f"--web.listen-address={address}".encode()):
+                killed["prometheus"] = time.time()
         time.sleep(0.2)
 
 
 @pytest.mark.slow
-def test_a_replica_killed_mid_load_is_restarted_and_the_run_says_so(
+def test_a_replica_and_prometheus_killed_mid_load_are_restarted_and_the_run_says_so(
     trained_models: TrainedModels, tmp_path: Path
 ) -> None:
     import subprocess
@@ -156,7 +170,8 @@ def test_a_replica_killed_mid_load_is_restarted_and_the_run_says_so(
     trained_dir = trained_models["sklearn-small"].parent
     results = tmp_path / "results"
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_a_ready_replica, args=(results, stop), daemon=True)
+    killed: dict[str, float] = {}
+    killer = threading.Thread(target=_crash_things, args=(results, stop, killed), daemon=True)
     killer.start()
     argv = kservebench_argv(
         "bench", str(_bench_spec(tmp_path)), "--results", str(results), "--trained",
@@ -174,3 +189,11 @@ def test_a_replica_killed_mid_load_is_restarted_and_the_run_says_so(
     records = [r for r in (run_dir / "loads").rglob("records.csv")]
     text = "".join(p.read_text() for p in records)
     assert ",False," in text  # the requests the crash cost are recorded as errors
+
+    # Prometheus was restarted on its TSDB: series from before and after its crash.
+    assert set(killed) == {"replica", "prometheus"}
+    (restarted,) = [i for i in run["incidents"] if i["what"].startswith("prometheus exited")]
+    assert restarted["action"] == "restarted on the same TSDB"
+    ready = pd.read_parquet(run_dir / "series" / "replicas_ready.parquet")
+    assert ready["time_s"].min() < killed["prometheus"] - 3
+    assert ready["time_s"].max() > killed["prometheus"] + 3
