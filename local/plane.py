@@ -108,12 +108,11 @@ class ControlPlane:
         scaling = self.experiment.scaling
         router_mode = "knative" if self.experiment.mode == "knative" else "hpa"
         autoscaler: HpaLoop | KpaLoop | None = None
-        holder: dict[str, Any] = {}
 
         def on_cold() -> None:
-            loop = holder.get("autoscaler")
-            if isinstance(loop, KpaLoop):
-                loop.poke()
+            # Bound to the variable: the KPA loop is made below, before any request comes.
+            if isinstance(autoscaler, KpaLoop):
+                autoscaler.poke()
 
         router = Router(
             model,
@@ -154,7 +153,6 @@ class ControlPlane:
             params_k = kpa.params_from_scaling(scaling)
             autoscaler = KpaLoop(model, replica_set, params=params_k, router=router)
             initial = kpa.initial_scale(params_k)
-        holder["autoscaler"] = autoscaler
         return ModelUnit(model, mode, self.resources, replica_set, router, autoscaler, initial)
 
     def start(self, on_step: Callable[[str], None] = lambda text: None) -> ControlPlane:
