@@ -1,5 +1,8 @@
 """``kservebench train`` and ``kservebench serve``.
 
+``train`` covers both catalogues: the tabular models (``catalog.py``) and the tiny LLMs
+(``llm.py``), chosen by the same ``--model`` option.
+
 Bad input (unknown model name, a directory that is no exported model) ends with a
 message naming the option and the value and a non-zero exit, never a traceback.
 """
@@ -44,23 +47,37 @@ def show_progress() -> bool:
 def train(
     out: Path = typer.Option(..., "--out", help="Folder that receives one folder per model."),
     model: list[str] = typer.Option(
-        None, "--model", "-m", help="Catalogue name to train (repeatable); default: all."
+        None,
+        "--model",
+        "-m",
+        help="Catalogue name to train or export (repeatable: tabular models and tiny LLMs);"
+        " default: all.",
     ),
     force: bool = typer.Option(False, "--force", help="Retrain even when already current."),
 ) -> None:
-    """Train the catalogue's models (or the named ones) into OUT/<name>/."""
+    """Train the catalogue's models and export the tiny LLMs (or the named ones) into
+    OUT/<name>/."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kservebench.models.catalog import resolve_names
+    from kservebench.models.catalog import MODEL_NAMES
+    from kservebench.models.llm import LLM_NAMES, export_llms
     from kservebench.models.train import train_models
 
-    try:
-        names = resolve_names(model or None, "--model")
-    except SpecError as err:
-        fail("--model", err.value, err.problem)
+    requested = model or []
+    for name in requested:
+        if name not in MODEL_NAMES and name not in LLM_NAMES:
+            known = ", ".join([*MODEL_NAMES, *LLM_NAMES])
+            fail("--model", name, f"unknown model; known: {known}")
+    # Catalogue order, tabular models first; nothing named means everything.
+    tabular = [n for n in MODEL_NAMES if not requested or n in requested]
+    llms = [n for n in LLM_NAMES if not requested or n in requested]
+    names = tabular + llms
     if out.exists() and not out.is_dir():
         fail("--out", str(out), "exists and is not a folder")
+
+    def verb(name: str) -> str:
+        return "exporting" if name in LLM_NAMES else "training"
 
     console = Console(stderr=True)
     with Progress(
@@ -71,16 +88,19 @@ def train(
         console=console,
         disable=not show_progress(),
     ) as progress:
-        task = progress.add_task(f"training {names[0]}", total=len(names))
+        task = progress.add_task(f"{verb(names[0])} {names[0]}", total=len(names))
 
         def on_model(name: str, event: str) -> None:
             progress.advance(task)
             rest = names[names.index(name) + 1 :]
-            progress.update(task, description=f"training {rest[0]}" if rest else "done")
+            progress.update(task, description=f"{verb(rest[0])} {rest[0]}" if rest else "done")
             if not show_progress():
                 console.print(f"{name}: {event}")
 
-        dirs = train_models(out, names, force=force, on_model=on_model)
+        # train_models takes no names as "all": call it only when some are wanted.
+        dirs = train_models(out, tabular, force=force, on_model=on_model) if tabular else {}
+        if llms:
+            dirs |= export_llms(out, llms, force=force, on_model=on_model)
     for name, path in dirs.items():
         typer.echo(f"{name}\t{path}")
 
