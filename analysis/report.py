@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from kservebench.analysis import plots, plots_scaling, simcompare, verdict
+from kservebench.analysis import llm, plots, plots_llm, plots_scaling, simcompare, verdict
 from kservebench.analysis.fmt import DASH, fmt, pct, prune
 from kservebench.analysis.projection import RUN_KEY, Projection, load_projection
 from kservebench.analysis.summary import (
@@ -167,6 +167,31 @@ def verdict_blocks(result: dict[str, Any] | None, summaries: Sequence[dict[str, 
     return out
 
 
+def llm_blocks(summary: dict[str, Any] | None, index: int, images: dict[str, bytes]) -> list:
+    """A run's LLM serving sections (nothing for a run without streaming records)."""
+    keys = ("model", "pattern")
+    if not summary or not summary["by_model_pattern"]:
+        return []
+    out = section("LLM serving: token latency per model and pattern",
+                  llm.latency_table(summary), keys)  # fmt: skip
+    out.insert(1, Block("text", llm.reading_text(summary)))
+    out += section("LLM serving: tokens/s, goodput and SLO attainment",
+                   llm.goodput_table(summary), keys)  # fmt: skip
+    if not summary["series_models"]:
+        return [*out, Block("text", llm.NO_SERIES)]
+    out += section("LLM serving: vLLM engine per replica", llm.replicas_table(summary),
+                   ("model", "replica"))  # fmt: skip
+    for j, model in enumerate(summary["series_models"]):
+        if llm_image(index, j) in images:
+            caption = f"{model}: KV-cache usage and queue per replica"
+            out.append(Block("image", llm_image(index, j), caption))
+    return out
+
+
+def llm_image(run: int, model: int) -> str:
+    return f"llm_kv_queue_{run}_{model}"
+
+
 def _with_projections(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each run followed by its projection's summary, where it has one."""
     out: list[dict[str, Any]] = []
@@ -225,6 +250,7 @@ def blocks(
             )
         )
         out += run_sections(s)
+        out += llm_blocks(s.get("llm"), i, images)
         sources = (s.get("collection") or {}).get("sources") or {}
         if sources:
             text = ", ".join(f"{k} ← {v}" for k, v in sorted(sources.items()))
@@ -321,6 +347,12 @@ def build_report(
         say(f"computing metrics for {d}")
         summaries.append(summarize(runs[-1], slo_ms, window_s, rps_per_replica))
         plotted.append((runs[-1], summaries[-1], False))
+        served = llm.summarize(runs[-1])
+        if served is not None:
+            summaries[-1]["llm"] = served
+            start = summaries[-1]["window"]["start_s"]
+            for j, png in enumerate(plots_llm.kv_queue_plots(runs[-1], start).values()):
+                images[llm_image(i, j)] = png
         slo = slo_ms or summaries[-1]["slo_ms"]
         projection: Projection | None = load_projection(runs[-1], slo, window_s, rps_per_replica)
         if projection is None:

@@ -2,9 +2,10 @@
 
 Rows go to ``records.csv`` (columns of ``kservebench.records.RECORD_COLUMNS``, in that
 order) as they complete; the file is flushed at least every second, so a crash keeps
-everything up to then. Streaming (OpenAI) runs add the columns of ``LLM_COLUMNS`` after
-the shared ones in the same file: ``read_records`` keeps the shared columns, and an LLM
-analysis reads the CSV directly.
+everything up to then. Streaming (OpenAI) runs add the columns of
+``kservebench.records.LLM_COLUMNS`` after the shared ones in the same file (TTFT and ITL
+as the stream measured them, ``tpot_ms`` from them and the response time here, token
+counts); ``read_records`` keeps them.
 
 The ledger of in-flight requests is what makes the records lossless: a request is
 registered before it is sent and leaves the ledger when its row is written; whatever
@@ -21,10 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kservebench.records import RECORD_COLUMNS, RECORDS_FILE
-
-# LLM streaming extras: time to first token, mean inter-token latency, token counts.
-LLM_COLUMNS = ("ttft_ms", "itl_ms", "prompt_tokens", "output_tokens")
+from kservebench.records import LLM_COLUMNS, RECORD_COLUMNS, RECORDS_FILE, tpot_ms
 
 
 @dataclass
@@ -128,7 +126,9 @@ class RecordWriter:
             False,  # cold: only the simulator knows it
         ]
         if self.llm:
-            llm = llm or {}
+            llm = dict(llm or {})
+            # TPOT needs the whole response time, known only here (the stream ends first).
+            llm["tpot_ms"] = tpot_ms(latency_ms, llm.get("ttft_ms"), llm.get("output_tokens"))
             row += [_blank_nan(llm.get(c)) for c in LLM_COLUMNS]
         self._csv.writerow(row)
         self.counts["rows"] += 1

@@ -9,6 +9,10 @@ ends the stream. Measured here:
 - ``itl_ms``: mean gap between consecutive text events (inter-token latency)
 - ``prompt_tokens`` / ``output_tokens``: from ``usage`` when the server sends it, else
   output tokens = number of text events (one token per event, as vLLM streams)
+
+``tpot_ms`` (time per output token after the first) needs the whole response time, which
+ends after the stream: the record writer derives it (``kservebench.records.tpot_ms``).
+Unlike ITL it counts tokens, not events, so the two differ when an event carries several.
 """
 
 from __future__ import annotations
