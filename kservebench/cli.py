@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("kservebench.analysis.cli:report_app", "Build reports from results folders."),
     "bench": ("kservebench.bench.cli:app", "Run an experiment spec end to end."),
     "simulate": ("kservebench.sim.cli:app", "Simulate an experiment spec (HPA/KPA)."),
+    "emulate": ("kservebench.llm.emulator_cli:app", "Serve a vLLM emulated on the engine model."),
 }
 
 
