@@ -103,7 +103,8 @@ def bench(
         def make_target(run_dir: Path) -> Any:
             return LocalTarget(experiment, run_dir, trained)
 
-        if project:
+        # LLM runs have no projection yet: the HPA/KPA simulator models tabular replicas.
+        if project and experiment.models[0].llm is None:
             # The simulator, calibrated from this run's own service and start-up times,
             # replays it through the same policy: the report sets the two side by side.
             from kservebench.sim.projection import project_run

@@ -30,6 +30,11 @@ class LocalTarget:
         self.run_dir = Path(run_dir)
         self.trained_dir = Path(trained_dir)
         replica_resources(experiment.resources)  # impossible limits fail before any work
+        for i, ref in enumerate(experiment.models):  # no vLLM: say so before any work
+            if ref.llm is not None and ref.llm.engine == "vllm":
+                from kservebench.local.llm_serving import llm_python
+
+                llm_python(f"models[{i}].llm.engine")
         self.model_dirs: dict[str, Path] = {}
         self.plane: Any = None
 
@@ -37,9 +42,16 @@ class LocalTarget:
         from kservebench.local.plane import ControlPlane
         from kservebench.models import train_models
 
-        names = [m.name for m in self.experiment.models]
-        on_step(f"models: training or reusing {', '.join(names)} in {self.trained_dir}/")
-        self.model_dirs = train_models(self.trained_dir, names)
+        llms = {m.name: m.llm.model for m in self.experiment.models if m.llm is not None}
+        names = [m.name for m in self.experiment.models if m.llm is None]
+        made = sorted({*names, *llms.values()})
+        on_step(f"models: training or reusing {', '.join(made)} in {self.trained_dir}/")
+        self.model_dirs = train_models(self.trained_dir, names) if names else {}
+        if llms:
+            from kservebench.models.llm import export_llms
+
+            exported = export_llms(self.trained_dir, sorted(set(llms.values())))
+            self.model_dirs |= {served: exported[model] for served, model in llms.items()}
         local = self.experiment.local
         self.plane = ControlPlane(self.experiment, local, self.model_dirs, self.run_dir)
         self.plane.start(on_step)
@@ -62,6 +74,10 @@ class LocalTarget:
         self.stop()
 
     # --- what the runner asks ------------------------------------------------------------
+
+    # vLLM and the emulator serve the OpenAI routes at the root (KServe's huggingface
+    # runtime puts them under /openai).
+    openai_prefix = ""
 
     def endpoint(self, model: str) -> str:
         return self.plane.endpoint(model)

@@ -21,6 +21,7 @@ was collected, and every server the run started is stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,13 +41,14 @@ from kservebench.bench.plan import (
     warmup_pattern,
 )
 from kservebench.bench.progress import Progress, live_numbers
-from kservebench.bench.spec import Experiment
+from kservebench.bench.spec import Experiment, ModelRef
 from kservebench.procs import ManagedProcess, kservebench_argv
 from kservebench.records import RECORDS_FILE
 from kservebench.results import finish_run, start_run, write_run
 
 _CHILD_ENV = {"PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1"}
 PATTERN_FILE = "pattern.yaml"
+DATASET_FILE = "dataset.jsonl"  # an LLM phase's requests: prompt, prompt_tokens, max_tokens
 WARMUP_RECORDS = "warmup-records.csv"  # renamed so the analysis leaves warm-up out
 INTERRUPT_GRACE_S = 15.0  # loadgen writes its summary after SIGINT
 TICK_S = 0.5
@@ -81,9 +83,15 @@ def results_folder(root: Path, name: str, now: datetime | None = None) -> Path:
 
 
 def loadgen_args(
-    experiment: Experiment, phase: Phase, url: str, out: Path, model_dir: Path | None
+    experiment: Experiment,
+    phase: Phase,
+    url: str,
+    out: Path,
+    model_dir: Path | None,
+    openai_prefix: str = "/openai",
 ) -> list[str]:
-    """The ``kservebench loadgen`` arguments for one phase (its pattern file is in ``out``)."""
+    """The ``kservebench loadgen`` arguments for one phase (its pattern file is in ``out``;
+    an LLM's requests in ``out/dataset.jsonl``)."""
     args = [
         "loadgen",
         "--url", url,
@@ -99,9 +107,29 @@ def loadgen_args(
         "--seed", str(arrival_seed(phase)),
         "--no-progress",
     ]  # fmt: skip
-    if model_dir is not None:
+    llm = phase.model.llm
+    if llm is not None:
+        args += ["--dataset-file", str(out / DATASET_FILE), "--openai-prefix", openai_prefix]
+        args += ["--chat"] if llm.chat else []
+        # Long generations under load outlast a tabular request's minute.
+        args += ["--timeout", "300s", "--drain-timeout", "120s"]
+    elif model_dir is not None:
         args += ["--model-dir", str(model_dir)]  # payload rows from the model's own test set
     return args
+
+
+def write_dataset(model: ModelRef, model_dir: Path | None, out: Path) -> None:
+    """The LLM's requests as JSON lines (prompt text of an exact token count, max_tokens),
+    made with the served model's own tokenizer; the same for every phase of a seed."""
+    from kservebench.loadgen.datasets import make_requests
+    from kservebench.models.llm import load_tokenizer
+
+    if model_dir is None:
+        raise RuntimeError(f"{model.name}: no model folder to take the tokenizer from")
+    requests = make_requests(load_tokenizer(model_dir), model.dataset, f"{model.name}.dataset")
+    with (out / DATASET_FILE).open("w") as f:
+        for r in requests:
+            f.write(json.dumps(r._asdict()) + "\n")
 
 
 class ExperimentRun:
@@ -188,12 +216,16 @@ class ExperimentRun:
         out.mkdir(parents=True, exist_ok=True)
         pattern = warmup_pattern(self.experiment) if phase.kind == "warmup" else phase.pattern.spec
         (out / PATTERN_FILE).write_text(yaml.safe_dump(pattern, sort_keys=False))
+        model_dir = self.target.model_dir(phase.model.name)
+        if phase.model.llm is not None:
+            write_dataset(phase.model, model_dir, out)
         args = loadgen_args(
             self.experiment,
             phase,
             self.target.endpoint(phase.model.name),
             out,
-            self.target.model_dir(phase.model.name),
+            model_dir,
+            getattr(self.target, "openai_prefix", "/openai"),
         )
         process = ManagedProcess(kservebench_argv(*args), out / "loadgen.log", env=_CHILD_ENV)
         started = time.monotonic()

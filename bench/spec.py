@@ -20,22 +20,34 @@ from typing import TYPE_CHECKING, Any
 from kservebench.errors import SpecError, read_yaml
 
 if TYPE_CHECKING:
+    from kservebench.bench.llm_spec import LlmServing
     from kservebench.local.settings import LocalSettings
     from kservebench.operator.spec import Resources, Scaling
 
 MODES = ("hpa", "knative")
 PROTOCOLS = ("v1", "v2")
+LLM_PROTOCOLS = ("openai",)
+LLM_SLOS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
+LLM_DATASET_REQUESTS = 2000  # distinct requests per LLM dataset, sent in turn
 ARRIVALS = ("poisson", "constant", "closed")
 MEASURED = "measured"
 # The name prefixes a results folder and names Kubernetes objects: keep it DNS-1123 safe.
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+# An LLM's served name also names its replicas' pods and log files: no '/' here.
+SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    name: str  # catalogue name (kservebench.models.MODEL_NAMES)
+    name: str  # catalogue name (kservebench.models.MODEL_NAMES); an LLM's served name
     protocol: str = "v1"
     batch: int = 1
+    llm: LlmServing | None = None  # an LLM: its engine and vLLM settings (bench.llm_spec)
+    dataset: Any = None  # an LLM: request lengths (kservebench.loadgen.datasets)
+
+    @property
+    def kind(self) -> str:
+        return "llm" if self.llm is not None else "tabular"
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Experiment:
     warmup_s: float
     cooldown_s: float
     slo_latency_ms: float
+    llm_slos: dict[str, float]  # ttft_ms / itl_ms / tpot_ms / e2e_ms, those the spec gives
     repetitions: int
     local: LocalSettings  # the local control plane's knobs (kservebench.local.settings)
     simulation: Simulation
@@ -138,14 +151,47 @@ def parse_models(value: Any, where: str = "models") -> tuple[ModelRef, ...]:
         if isinstance(item, str):  # shorthand: just the catalogue name
             item = {"name": item}
         item = _mapping(item, at)
-        _only(item, {"name", "protocol", "batch"}, at)
-        name = get_spec(item.get("name"), f"{at}.name").name  # the catalogue's own check
-        if any(m.name == name for m in models):
-            raise SpecError(f"{at}.name", name, "is listed twice")
-        protocol = _choice(item.get("protocol", "v1"), PROTOCOLS, f"{at}.protocol")
-        batch = _int(item.get("batch", 1), f"{at}.batch", 1)
-        models.append(ModelRef(name, protocol, batch))
+        _only(item, {"name", "protocol", "batch", "llm", "dataset"}, at)
+        model = _llm_model(item, at) if "llm" in item else _tabular_model(item, at, get_spec)
+        if any(m.name == model.name for m in models):
+            raise SpecError(f"{at}.name", model.name, "is listed twice")
+        if models and models[0].kind != model.kind:
+            raise SpecError(
+                f"{at}.llm" if model.llm else f"{at}.name",
+                item["llm"] if model.llm else model.name,
+                "an experiment's models are all LLMs or all tabular: they share resources "
+                "and scaling",
+            )
+        models.append(model)
     return tuple(models)
+
+
+def _tabular_model(item: Mapping[str, Any], at: str, get_spec: Any) -> ModelRef:
+    if "dataset" in item:
+        raise SpecError(f"{at}.dataset", item["dataset"], "is for LLM models (with llm:)")
+    name = get_spec(item.get("name"), f"{at}.name").name  # the catalogue's own check
+    protocol = _choice(item.get("protocol", "v1"), PROTOCOLS, f"{at}.protocol")
+    return ModelRef(name, protocol, _int(item.get("batch", 1), f"{at}.batch", 1))
+
+
+def _llm_model(item: Mapping[str, Any], at: str) -> ModelRef:
+    from kservebench.bench.llm_spec import parse_llm_serving
+    from kservebench.loadgen.datasets import parse_dataset
+
+    name = item.get("name")
+    if not isinstance(name, str) or not SERVED_NAME_RE.match(name):
+        raise SpecError(f"{at}.name", name, "must be a served model name: letters, digits, -._")
+    protocol = _choice(item.get("protocol", "openai"), LLM_PROTOCOLS, f"{at}.protocol")
+    if "batch" in item:
+        raise SpecError(f"{at}.batch", item["batch"], "is for tabular models")
+    serving = parse_llm_serving(item["llm"], f"{at}.llm")
+    if "dataset" not in item:
+        raise SpecError(f"{at}.dataset", None, "is required: the requests' input/output lengths")
+    dataset = _mapping(item["dataset"], f"{at}.dataset")
+    # Requests cycle through the dataset; each must fit the engine's maxModelLen.
+    defaults = {"requests": LLM_DATASET_REQUESTS, "max_model_len": serving.max_model_len}
+    dataset = parse_dataset({**defaults, **dataset}, f"{at}.dataset")
+    return ModelRef(name, protocol, 1, llm=serving, dataset=dataset)
 
 
 def parse_scaling(value: Any, mode: str, models: tuple[ModelRef, ...]) -> Scaling:
@@ -159,6 +205,8 @@ def _kind(models: tuple[ModelRef, ...]) -> str:
     # The model kind only changes LLM defaults; the tabular kinds scale alike.
     from kservebench.models.catalog import get_spec
 
+    if models[0].llm is not None:
+        return "llm"
     return get_spec(models[0].name).framework
 
 
@@ -239,7 +287,9 @@ def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
         raise SpecError("name", name, "must be lower-case letters, digits and '-' (<= 40)")
     mode = _choice(raw.get("mode"), MODES, "mode")
     slo = _mapping(raw.get("slo", {"latency_ms": 100}), "slo")
-    _only(slo, {"latency_ms"}, "slo")
+    # LLM runs: TTFT, inter-token and end-to-end targets; goodput counts requests meeting all.
+    _only(slo, {"latency_ms", *LLM_SLOS}, "slo")
+    llm_slos = {k: _number(slo[k], f"slo.{k}", 0.0, strict=True) for k in LLM_SLOS if k in slo}
     if "scaling" not in raw:
         raise SpecError("scaling", None, "is required")
     models = parse_models(raw.get("models"))
@@ -254,6 +304,7 @@ def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
         warmup_s=_duration(raw.get("warmup", "0s"), "warmup"),
         cooldown_s=_duration(raw.get("cooldown", "0s"), "cooldown"),
         slo_latency_ms=_number(slo.get("latency_ms", 100), "slo.latency_ms", 0.0, strict=True),
+        llm_slos=llm_slos,
         repetitions=_int(raw.get("repetitions", 1), "repetitions", 1),
         local=parse_local(raw.get("local"), "local"),
         simulation=_simulation(raw.get("simulation", {}), "simulation"),

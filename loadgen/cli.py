@@ -24,7 +24,7 @@ import yaml
 
 from kservebench.errors import SpecError
 from kservebench.loadgen.patterns import Pattern, load_pattern_file, parse_pattern
-from kservebench.loadgen.protocols import build_template, load_instances
+from kservebench.loadgen.protocols import build_template, load_instances, read_dataset_file
 
 app = typer.Typer(add_completion=False, help="Drive traffic at a model and record it.")
 
@@ -115,6 +115,11 @@ def loadgen(
     prompts: list[str] = typer.Option([], "--prompt", help="OpenAI: a prompt; repeatable."),
     max_tokens: int = typer.Option(64, "--max-tokens", help="OpenAI: max_tokens."),
     chat: bool = typer.Option(False, "--chat", help="OpenAI: use /v1/chat/completions."),
+    dataset_file: Path | None = typer.Option(
+        None,
+        "--dataset-file",
+        help="OpenAI: JSON lines of prompt and max_tokens, one per request (in turn).",
+    ),
     openai_prefix: str = typer.Option("/openai", "--openai-prefix", help="OpenAI route prefix."),
     drain_timeout: str = typer.Option(
         "30s", "--drain-timeout", help="Wait this long for requests in flight at the end."
@@ -160,13 +165,18 @@ def _run(**opts: Any) -> dict[str, Any]:
     rows = load_instances(opts["model_dir"], opts["payload"], opts["instances"])
     if rows is None and opts["protocol"] in ("v1", "v2"):
         rows = default_instances(opts["model"])
+    prompts, max_tokens = opts["prompts"], opts["max_tokens"]
+    if opts["dataset_file"] is not None:
+        if opts["protocol"] != "openai":
+            raise SpecError("dataset_file", str(opts["dataset_file"]), "is for --protocol openai")
+        prompts, max_tokens = read_dataset_file(opts["dataset_file"])
     template = build_template(
         opts["protocol"],
         opts["model"],
         batch=opts["batch"],
         instances=rows,
-        prompts=opts["prompts"],
-        max_tokens=opts["max_tokens"],
+        prompts=prompts,
+        max_tokens=max_tokens,
         chat=opts["chat"],
         openai_prefix=opts["openai_prefix"],
     )

@@ -87,17 +87,25 @@ def v2_template(model: str, instances: Any, batch: int = 1) -> RequestTemplate:
 def openai_template(
     model: str,
     prompts: Sequence[str],
-    max_tokens: int = 64,
+    max_tokens: int | Sequence[int] = 64,
     chat: bool = False,
     prefix: str = "/openai",
 ) -> RequestTemplate:
+    """One body per prompt; ``max_tokens`` one for all or one per prompt. Output lengths
+    are exact (``ignore_eos``): a benchmark fixes them, a random model would stop anywhere."""
     if not prompts:
         raise SpecError("prompts", prompts, "expected at least one prompt")
+    lengths = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+    if len(lengths) != len(prompts):
+        raise SpecError("max_tokens", len(lengths), f"need one per prompt ({len(prompts)})")
     bodies = []
-    for prompt in prompts:
+    for prompt, tokens in zip(prompts, lengths, strict=True):
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise SpecError("max_tokens", tokens, "expected a whole number >= 1")
         body: dict[str, Any] = {
             "model": model,
-            "max_tokens": max_tokens,
+            "max_tokens": tokens,
+            "ignore_eos": True,
             "stream": True,
             # Ask for the usage chunk so token counts come from the server, not a guess.
             "stream_options": {"include_usage": True},
@@ -111,13 +119,41 @@ def openai_template(
     return RequestTemplate("openai", prefix.rstrip("/") + route, tuple(bodies), streaming=True)
 
 
+def read_dataset_file(path: Path) -> tuple[list[str], list[int]]:
+    """Prompts and output lengths of an LLM dataset file: JSON lines with ``prompt`` and
+    ``max_tokens`` (``kservebench.loadgen.datasets`` writes them; request i takes line i)."""
+    prompts: list[str] = []
+    lengths: list[int] = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise SpecError("dataset_file", str(path), f"cannot be read: {err.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            prompt, tokens = entry["prompt"], entry["max_tokens"]
+        except (ValueError, KeyError, TypeError):
+            raise SpecError(
+                f"dataset_file:{number}", line[:80], "expected JSON with prompt and max_tokens"
+            ) from None
+        if not isinstance(prompt, str) or isinstance(tokens, bool) or not isinstance(tokens, int):
+            raise SpecError(f"dataset_file:{number}", line[:80], "prompt text, integer max_tokens")
+        prompts.append(prompt)
+        lengths.append(tokens)
+    if not prompts:
+        raise SpecError("dataset_file", str(path), "holds no requests")
+    return prompts, lengths
+
+
 def build_template(
     protocol: str,
     model: str,
     batch: int = 1,
     instances: Any = None,
     prompts: Sequence[str] = (),
-    max_tokens: int = 64,
+    max_tokens: int | Sequence[int] = 64,
     chat: bool = False,
     openai_prefix: str = "/openai",
 ) -> RequestTemplate:

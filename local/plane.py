@@ -100,10 +100,11 @@ class ControlPlane:
     def _mode(self) -> str:
         return "fixed" if self.settings.fixed_replicas is not None else self.experiment.mode
 
-    def _unit(self, model: str) -> ModelUnit:
+    def _unit(self, ref: Any) -> ModelUnit:
         from kservebench.local.replicas import ReplicaSet
         from kservebench.local.router import Endpoint, Router
 
+        model = ref.name
         mode = self._mode()
         scaling = self.experiment.scaling
         router_mode = "knative" if self.experiment.mode == "knative" else "hpa"
@@ -136,6 +137,7 @@ class ControlPlane:
             on_change=on_change,
             on_event=self.record,
             restart_backoff_s=self.settings.restart_backoff_s,
+            **self._serving(ref),
         )
         if mode == "fixed":
             initial = int(self.settings.fixed_replicas or 1)
@@ -155,6 +157,25 @@ class ControlPlane:
             initial = kpa.initial_scale(params_k)
         return ModelUnit(model, mode, self.resources, replica_set, router, autoscaler, initial)
 
+    def _serving(self, ref: Any) -> dict[str, Any]:
+        """ReplicaSet options of an LLM (vLLM or the emulator); none for a tabular model."""
+        if getattr(ref, "llm", None) is None:
+            return {}
+        from kservebench.local import llm_serving
+
+        serving = ref.llm
+        options: dict[str, Any] = {"ready_path": llm_serving.READY_PATH}
+        if serving.engine == "vllm":
+            python = llm_serving.llm_python(f"{ref.name}.llm.engine")
+            options["serve_argv"] = llm_serving.vllm_argv(serving, python)
+            options["env"] = llm_serving.vllm_env(serving, self.resources.cpu_limit_cores)
+            options["ready_timeout_s"] = llm_serving.VLLM_READY_TIMEOUT_S
+        else:
+            options["serve_argv"] = llm_serving.emulator_argv(serving)
+            # The imitated model load comes on top of the emulator's own start.
+            options["ready_timeout_s"] = 120.0 + serving.startup_delay_s
+        return options
+
     def start(self, on_step: Callable[[str], None] = lambda text: None) -> ControlPlane:
         from kservebench.analysis.prometheus_local import LocalPrometheus, PrometheusSupervisor
         from kservebench.local.cgroups import detect_cgroups
@@ -168,9 +189,9 @@ class ControlPlane:
         )
         self._thread.start()
         ready.wait(10)
-        for model in (m.name for m in self.experiment.models):
-            unit = self._unit(model)
-            self.models[model] = unit
+        for ref in self.experiment.models:
+            unit = self._unit(ref)
+            self.models[ref.name] = unit
             unit.url = self._call(unit.router.start())
             unit.replica_set.start()
             unit.replica_set.scale_to(unit.initial)
@@ -200,12 +221,13 @@ class ControlPlane:
         return self
 
     def _wait_ready(self, unit: ModelUnit) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        timeout_s = max(READY_TIMEOUT_S, unit.replica_set.ready_timeout_s)  # vLLM: longer
+        deadline = time.monotonic() + timeout_s
         while len(unit.replica_set.ready()) < unit.initial:
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{unit.model}: {unit.initial} replica(s) not ready after "
-                    f"{READY_TIMEOUT_S:.0f} s; logs in {self.run_dir / 'logs' / 'replicas'}"
+                    f"{timeout_s:.0f} s; logs in {self.run_dir / 'logs' / 'replicas'}"
                 )
             time.sleep(0.1)
 
