@@ -198,6 +198,9 @@ class ExperimentRun:
             if status == "finished" and incidents:
                 status = FINISHED_WITH_INCIDENTS
             if self.after_run is not None and status in FINISHED:
+                # The projection calibrates from run.json: the control plane's final
+                # account (every pod's ready time, every cold start) must be on disk.
+                write_run(self.out, self.run)
                 self._after_run(self.after_run)
             # The report reads run.json: give it the final status and window first.
             finish_run(self.out, self.run, status=status)

@@ -12,10 +12,15 @@
   cannot be untangled this way and raw latencies are used (an upper bound), unless the
   records name the serving replica (``pod``): then each replica's requests are untangled
   on their own.
+  A request buffered while its replica started (Knative at zero) cannot have begun its
+  service before that replica was ready: the pods' ready times in run.json bound it, or
+  its cold-start wait would count as service time.
 * cold start: process start -> ready of the local model server (``ready_after_s``, the
   models helper's ``LocalModelServer``), found anywhere in the run's ``run.json`` files
   (also ``cold_start_s``); else pod created -> ready from a cluster run's kube-state-metrics
-  series (``series/pod_created.parquet`` and ``series/pod_ready.parquet``).
+  series (``series/pod_created.parquet`` and ``series/pod_ready.parquet``). A local run's
+  control plane lists them per model in the order they happened: each model's projection
+  replays its own (``Replay``), the pooled values are the fallback.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import pandas as pd
 from kservebench.errors import SpecError
 from kservebench.records import read_records
 from kservebench.results import RUN_FILE, files_of_run
-from kservebench.sim.distributions import Distribution, Empirical
+from kservebench.sim.distributions import Distribution, Empirical, Replay
 
 COLD_START_KEYS = ("ready_after_s", "cold_start_s")
 MIN_REQUESTS = 20  # fewer ok requests than this say little about a distribution
@@ -41,19 +46,27 @@ MIN_REQUESTS = 20  # fewer ok requests than this say little about a distribution
 @dataclass(frozen=True)
 class Calibration:
     service_time_s: dict[str, Distribution] = field(default_factory=dict)  # by model name
-    cold_start_s: Distribution | None = None
+    cold_start_s: Distribution | None = None  # pooled over models
+    cold_start_by_model: dict[str, Distribution] = field(default_factory=dict)
     source: str = ""
+
+    def cold_start_for(self, model: str) -> Distribution | None:
+        return self.cold_start_by_model.get(model) or self.cold_start_s
 
     def describe(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "service_time_s": {m: d.describe() for m, d in self.service_time_s.items()},
             "cold_start_s": self.cold_start_s.describe() if self.cold_start_s else None,
+            "cold_start_by_model": {m: d.describe() for m, d in self.cold_start_by_model.items()},
         }
 
 
-def service_times_fifo(sent_s: np.ndarray, latency_s: np.ndarray) -> np.ndarray:
-    """Service times of a single FIFO server from send times and latencies (Lindley)."""
+def service_times_fifo(
+    sent_s: np.ndarray, latency_s: np.ndarray, ready_s: float = -np.inf
+) -> np.ndarray:
+    """Service times of a single FIFO server from send times and latencies (Lindley);
+    no service starts before the server was ready at ``ready_s``."""
     order = np.argsort(sent_s, kind="stable")
     sent = np.asarray(sent_s, dtype=float)[order]
     done = sent + np.asarray(latency_s, dtype=float)[order]
@@ -61,14 +74,19 @@ def service_times_fifo(sent_s: np.ndarray, latency_s: np.ndarray) -> np.ndarray:
     # guards against client-side reordering of nearly simultaneous responses.
     done = np.maximum.accumulate(done)
     previous = np.concatenate([[-np.inf], done[:-1]])
-    return done - np.maximum(sent, previous)
+    return done - np.maximum(np.maximum(sent, previous), min(ready_s, float(done[0])))
 
 
-def _model_service_times(records: pd.DataFrame, single_server: bool) -> np.ndarray:
+def _model_service_times(
+    records: pd.DataFrame, single_server: bool, ready_s: float = -np.inf
+) -> np.ndarray:
     if single_server:
         # Lindley needs every request that occupied the server, errors included.
         served = records[records["latency_ms"].notna()]
-        times = service_times_fifo(served["sent_s"].to_numpy(), served["latency_ms"] / 1000.0)
+        if served.empty:
+            return np.empty(0)
+        sent, latency = served["sent_s"].to_numpy(), served["latency_ms"] / 1000.0
+        times = service_times_fifo(sent, latency, ready_s)
         return times[served.sort_values("sent_s", kind="stable")["ok"].to_numpy()]
     ok = records[records["ok"] & records["latency_ms"].notna()]
     return ok["latency_ms"].to_numpy() / 1000.0
@@ -110,6 +128,36 @@ def cold_starts_in_series(run_dir: Path) -> list[float]:
     return [float(v) for v in (both["ready"] - both["created"]) if v > 0]
 
 
+def _local_models(run_dir: Path) -> dict[str, Any]:
+    try:
+        run = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    models = (run.get("local") or {}).get("models") or {}
+    return models if isinstance(models, dict) else {}
+
+
+def pod_ready_times(run_dir: Path) -> dict[tuple[str, str], float]:
+    """(model, pod) -> when the pod last became ready, from a local run's control plane."""
+    out: dict[tuple[str, str], float] = {}
+    for model, entry in _local_models(run_dir).items():
+        for pod in ((entry or {}).get("replicas") or {}).get("pods") or []:
+            if isinstance(pod.get("ready_s"), int | float):
+                out[(str(model), str(pod.get("pod")))] = float(pod["ready_s"])
+    return out
+
+
+def cold_starts_by_model(run_dir: Path) -> dict[str, list[float]]:
+    """Each model's measured cold starts in the order they happened (local runs)."""
+    out: dict[str, list[float]] = {}
+    for model, entry in _local_models(run_dir).items():
+        values = ((entry or {}).get("replicas") or {}).get("ready_after_s") or []
+        values = [float(v) for v in values if isinstance(v, int | float) and v > 0]
+        if values:
+            out[str(model)] = values
+    return out
+
+
 def replicas_in(run_dir: Path) -> int:
     """Replicas per model of a local run, as the bench's run.json says (1 if it does not)."""
     path = Path(run_dir) / RUN_FILE
@@ -132,10 +180,14 @@ def calibrate_from_run(run_dir: Path | str, replicas: int | None = None) -> Cali
     if records.empty:
         raise SpecError("calibration", str(run_dir), "has no request records")
     services: dict[str, Distribution] = {}
+    ready = pod_ready_times(run_dir)
     for model, group in records.groupby("model"):
         if (group["pod"] != "").all():
             # Each replica is a single FIFO server: untangle its own requests.
-            parts = [_model_service_times(g, True) for _, g in group.groupby("pod")]
+            parts = [
+                _model_service_times(g, True, ready.get((str(model), str(pod)), -np.inf))
+                for pod, g in group.groupby("pod")
+            ]
             times = np.concatenate(parts) if parts else np.empty(0)
         else:
             times = _model_service_times(group, single_server=replicas == 1)
@@ -149,5 +201,6 @@ def calibrate_from_run(run_dir: Path | str, replicas: int | None = None) -> Cali
     return Calibration(
         service_time_s=services,
         cold_start_s=Empirical.of(colds) if colds else None,
+        cold_start_by_model={m: Replay(v) for m, v in cold_starts_by_model(run_dir).items()},
         source=str(run_dir),
     )

@@ -106,6 +106,33 @@ class Empirical:
         }
 
 
+class Replay:
+    """Hands out observed values in the order they were observed, then again from the
+    first: a projection calibrated from a run meets that run's cold starts in order (a
+    slow first start on a busy machine stays the first), not a shuffled bootstrap. Its
+    position is its own state, not the random generator's."""
+
+    def __init__(self, values: Any) -> None:
+        array = np.asarray(values, dtype=float)
+        array = array[np.isfinite(array) & (array >= 0)]
+        if array.size == 0:
+            raise ValueError("a replay needs at least one finite value")
+        self.values = tuple(float(v) for v in array)
+        self._next = 0
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        picks = [(self._next + i) % len(self.values) for i in range(n)]
+        self._next = (self._next + n) % len(self.values)
+        return np.array([self.values[i] for i in picks])
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    def describe(self) -> dict[str, Any]:
+        return {**Empirical.of(self.values).describe(), "kind": "replay (in measured order)"}
+
+
 def parse_distribution(value: Any, where: str, scale: float = 1.0) -> Distribution:
     """A distribution from a spec value; numbers are in the spec's unit times ``scale``.
 

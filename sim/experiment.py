@@ -29,7 +29,7 @@ from kservebench.records import RECORDS_FILE, coerce_records
 from kservebench.results import finish_run, start_run
 from kservebench.sim.calibrate import Calibration
 from kservebench.sim.controllers import FixedScale, HpaAutoscaler, KpaAutoscaler
-from kservebench.sim.distributions import Constant, Distribution
+from kservebench.sim.distributions import Constant, Distribution, Replay
 from kservebench.sim.engine import Cluster, ReplicaSpec, Routing, SimResult
 from kservebench.sim.plan import WARMUP, Segment, plan_segments
 
@@ -106,11 +106,13 @@ def build_cluster(
     )
     cold = _distribution(
         experiment.simulation.cold_start,
-        cal.cold_start_s,
+        cal.cold_start_for(model),
         "simulation.cold_start",
         1.0,
         cold_missing,
     )
+    if isinstance(cold, Replay):  # each simulated deployment replays from the first start
+        cold = Replay(cold.values)
     resources = experiment.resources
     requests = getattr(resources, "requests", None) or resources["requests"]
     request = cpu_cores(requests["cpu"], "resources.requests.cpu")
