@@ -18,6 +18,7 @@ from kservebench.sim.calibrate import (
     cold_starts_in_series,
     service_times_fifo,
 )
+from kservebench.sim.distributions import Replay
 from kservebench.sim.experiment import SimOptions, simulate_experiment
 from kservebench.sim.plan import WARMUP, plan_segments
 from kservebench.sim.projection import project_run
@@ -166,6 +167,23 @@ def test_lindley_inversion_of_a_single_server():
     # service 0.1 each: the second waits 0.09 for the first.
     latency = np.array([0.1, 0.19, 0.1])
     assert service_times_fifo(sent, latency) == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_a_request_buffered_at_zero_starts_its_service_when_the_pod_is_ready():
+    # Two requests wait 3 s for a cold replica (ready at 3.0), then take 0.1 s each: their
+    # wait is not service time.
+    sent = np.array([0.0, 0.5, 5.0])
+    latency = np.array([3.1, 2.7, 0.1])
+    assert service_times_fifo(sent, latency, ready_s=3.0) == pytest.approx([0.1, 0.1, 0.1])
+    assert service_times_fifo(sent, latency)[0] == pytest.approx(3.1)  # the old bound
+
+
+def test_replay_hands_out_cold_starts_in_measured_order():
+    replay = Replay([5.2, 3.4, 3.6])
+    rng = np.random.default_rng(0)
+    drawn = [float(replay.sample(rng, 1)[0]) for _ in range(4)]
+    assert drawn == [5.2, 3.4, 3.6, 5.2]
+    assert replay.describe()["kind"].startswith("replay")
 
 
 def test_cli_reports_spec_errors_without_a_traceback(tmp_path):
