@@ -6,19 +6,17 @@ gets the same: ``cpu.cfs_quota_us``, ``memory.limit_in_bytes``, CPU seconds and 
 set read from the group. Elsewhere ``ProcessTreeAccounting`` reads the process tree with
 psutil and enforces nothing, and ``CgroupSupport.reason`` says why, for run.json.
 
-Layout: ``<controller dir>/kservebench/<owner pid>/<name>``, where the controller dir is the
-bench process's own group in that hierarchy (so replicas stay inside whatever group the bench
-was started in). The per-process folder keeps concurrent runs apart: a run only ever removes
-its own groups, and the empty leftovers of runs whose process is gone.
+Here: the limit checks, what accounting offers (``Accounting``), detection
+(``detect_cgroups``: which controllers are there and writable) and the fallback. The groups
+themselves, their files and folder layout are ``kservebench.local.cgroup_v1``'s
+(``ReplicaCgroup`` stays importable from here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,12 +24,26 @@ from typing import Any, Protocol
 import psutil
 
 from kservebench.errors import SpecError
+from kservebench.local.cgroup_v1 import (
+    MIN_QUOTA_US,
+    PARENT,
+    ReplicaCgroup,
+    controller_dir,
+    make_group,
+    prune,
+    read_value,
+    remove_stale,
+    rmdir_tree,
+)
+
+__all__ = [  # ReplicaCgroup lives in cgroup_v1.py; importable from here too
+    "CGROUP_MODES", "CGROUP_ROOT_ENV", "MIN_QUOTA_US", "PARENT", "Accounting", "CgroupSupport",
+    "ProcessTreeAccounting", "ReplicaCgroup", "check_cpu_limit", "check_memory_limit",
+    "detect_cgroups",
+]  # fmt: skip
 
 CGROUP_ROOT_ENV = "KSERVEBENCH_CGROUP_ROOT"
 CGROUP_MODES = ("auto", "required", "off")
-PARENT = "kservebench"
-MIN_QUOTA_US = 1000  # the kernel refuses a CFS quota below 1 ms
-_tree_lock = threading.Lock()  # mkdir of a run folder vs. rmdir of an emptied one
 
 
 def check_cpu_limit(cores: float, field: str) -> float:
@@ -63,97 +75,6 @@ class Accounting(Protocol):
     def throttled_seconds(self) -> float | None: ...
     def remove(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
-
-
-def _read(path: Path) -> str:
-    return path.read_text().strip()
-
-
-def _write(path: Path, value: str) -> None:
-    with path.open("w") as out:
-        out.write(value)
-
-
-def _own_groups() -> dict[str, str]:
-    """This process's group per v1 controller, from /proc/self/cgroup ("4:memory:/a/b")."""
-    groups: dict[str, str] = {}
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return groups
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) == 3 and parts[1]:
-            for controller in parts[1].split(","):
-                groups[controller] = parts[2]
-    return groups
-
-
-def _controller_dir(root: Path, controller: str) -> Path | None:
-    """The mount of ``controller`` under root: ``root/cpu``, or a co-mount ``root/cpu,cpuacct``.
-
-    Descends into this process's own group there when it exists, so replicas nest under it."""
-    mount = root / controller
-    if not mount.is_dir():
-        try:
-            mount = next(
-                p for p in root.iterdir() if p.is_dir() and controller in p.name.split(",")
-            )
-        except (OSError, StopIteration):
-            return None
-    own = _own_groups().get(controller, "/").strip("/")
-    nested = mount / own if own else mount
-    return nested if nested.is_dir() else mount
-
-
-def _rmdir_tree(path: Path) -> bool:
-    """Remove empty groups bottom-up; True when ``path`` is gone. Groups with tasks stay."""
-    try:
-        for child in path.iterdir():
-            if child.is_dir():
-                _rmdir_tree(child)
-        path.rmdir()
-        return True
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-
-
-def _remove_stale(parent: Path) -> None:
-    """Remove empty run folders of bench processes that no longer exist (a crashed run)."""
-    try:
-        entries = [p for p in parent.iterdir() if p.is_dir()]
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.isdigit() and psutil.pid_exists(int(entry.name)):
-            continue
-        _rmdir_tree(entry)
-
-
-def _make_group(path: Path) -> None:
-    """mkdir a group and its run folder; another run may prune the shared parent meanwhile."""
-    for attempt in range(5):
-        try:
-            with _tree_lock:
-                path.mkdir(parents=True, exist_ok=True)
-            return
-        except FileNotFoundError:
-            if attempt == 4:
-                raise
-            time.sleep(0.01)
-
-
-def _prune(run_folder: Path) -> None:
-    """rmdir this run's folder and the ``kservebench`` parent once empty (nothing left over,
-    not even inside the group the bench was started in)."""
-    with _tree_lock:
-        for folder in (run_folder, run_folder.parent):
-            try:
-                folder.rmdir()
-            except OSError:
-                return
 
 
 def _errno_text(err: OSError) -> str:
@@ -205,116 +126,6 @@ class CgroupSupport:
             group.remove()
             raise
         return group
-
-
-class ReplicaCgroup:
-    """One replica's cgroup v1 groups (cpu, cpuacct, memory); children inherit them."""
-
-    def __init__(self, name: str, paths: dict[str, Path]) -> None:
-        self.name = name
-        self.paths = paths
-        self.pids: list[int] = []
-        self.cpu_quota_us: int | None = None
-        self.memory_limit_bytes: int | None = None
-        self._last_cpu_s = 0.0
-        self._removed = False
-
-    def _distinct(self) -> list[Path]:
-        """The group folders, once each (cpu and cpuacct may be one co-mounted hierarchy)."""
-        seen: dict[str, Path] = {}
-        for path in self.paths.values():
-            seen.setdefault(os.path.realpath(path), path)
-        return list(seen.values())
-
-    def make(self, quota_us: int | None, memory_limit_bytes: int | None) -> None:
-        for path in self._distinct():
-            _make_group(path)
-        if quota_us is not None:
-            _write(self.paths["cpu"] / "cpu.cfs_quota_us", str(quota_us))
-            self.cpu_quota_us = quota_us
-        if memory_limit_bytes is not None and "memory" in self.paths:
-            _write(self.paths["memory"] / "memory.limit_in_bytes", str(memory_limit_bytes))
-            self.memory_limit_bytes = memory_limit_bytes
-
-    def add(self, pid: int) -> None:
-        """Move a process in (its later children inherit the groups)."""
-        for path in self._distinct():
-            _write(path / "cgroup.procs", str(pid))
-        self.pids.append(pid)
-
-    def tasks(self) -> list[int]:
-        try:
-            return [int(p) for p in _read(self.paths["cpu"] / "cgroup.procs").split()]
-        except OSError:
-            return []
-
-    def cpu_seconds(self) -> float:
-        """CPU time of everything that ran in the group (cAdvisor's container CPU counter)."""
-        with contextlib.suppress(OSError, ValueError):  # removed: the last reading stands
-            usage_s = int(_read(self.paths["cpuacct"] / "cpuacct.usage")) / 1e9
-            self._last_cpu_s = max(self._last_cpu_s, usage_s)
-        return self._last_cpu_s
-
-    def memory_bytes(self) -> int | None:
-        """Working set: usage minus inactive file cache, as cAdvisor computes it."""
-        if "memory" not in self.paths:
-            return None
-        try:
-            usage = int(_read(self.paths["memory"] / "memory.usage_in_bytes"))
-            stat = _read(self.paths["memory"] / "memory.stat").splitlines()
-        except (OSError, ValueError):
-            return None
-        inactive = 0
-        for line in stat:
-            key, _, value = line.partition(" ")
-            if key == "total_inactive_file":
-                inactive = int(value)
-        return max(0, usage - inactive)
-
-    def throttled_seconds(self) -> float | None:
-        """Time the CFS quota held the group back (cpu.stat throttled_time, ns)."""
-        try:
-            for line in _read(self.paths["cpu"] / "cpu.stat").splitlines():
-                key, _, value = line.partition(" ")
-                if key == "throttled_time":
-                    return int(value) / 1e9
-        except (OSError, ValueError):
-            return None
-        return None
-
-    def remove(self, timeout_s: float = 3.0) -> None:
-        """rmdir the groups, retrying while exiting tasks leave; never raises."""
-        if self._removed:
-            return
-        self.cpu_seconds()  # keep the final value for later reads
-        deadline = time.monotonic() + timeout_s
-        pending = self._distinct()
-        while pending:
-            left = []
-            for path in pending:
-                try:
-                    path.rmdir()
-                except FileNotFoundError:
-                    pass
-                except OSError as err:
-                    if err.errno != errno.EBUSY:
-                        continue  # not ours to fix: give up on this one
-                    left.append(path)
-            pending = left
-            if not pending or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        for path in self._distinct():
-            _prune(path.parent)
-        self._removed = not pending
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "cgroup-v1",
-            "paths": {k: str(v) for k, v in self.paths.items()},
-            "cpu_quota_us": self.cpu_quota_us,
-            "memory_limit_bytes": self.memory_limit_bytes,
-        }
 
 
 class ProcessTreeAccounting:
@@ -388,7 +199,7 @@ def _probe(root: Path) -> CgroupSupport:
     """Can this process make groups under the cpu and cpuacct (and memory) controllers?"""
     dirs: dict[str, Path] = {}
     for controller in ("cpu", "cpuacct", "memory"):
-        found = _controller_dir(root, controller)
+        found = controller_dir(root, controller)
         if found is not None:
             dirs[controller] = found
     for controller in ("cpu", "cpuacct"):
@@ -401,10 +212,10 @@ def _probe(root: Path) -> CgroupSupport:
         dirs.pop("memory", None)
     for controller, path in list(dirs.items()):
         parent = path / PARENT
-        _remove_stale(parent)
+        remove_stale(parent)
         probe = parent / str(os.getpid()) / f"probe-{threading.get_ident()}"
         try:
-            _make_group(probe)
+            make_group(probe)
         except OSError as err:
             if controller == "memory":
                 memory_ok = False
@@ -413,12 +224,12 @@ def _probe(root: Path) -> CgroupSupport:
                 f"cgroup v1 {controller} controller not writable at {path}: {_errno_text(err)}"
             )
         finally:
-            _rmdir_tree(probe)
-            _prune(probe.parent)
+            rmdir_tree(probe)
+            prune(probe.parent)
     if not memory_ok:
         dirs.pop("memory", None)
     try:
-        period = int(_read(dirs["cpu"] / "cpu.cfs_period_us"))
+        period = int(read_value(dirs["cpu"] / "cpu.cfs_period_us"))
     except (OSError, ValueError):
         period = 100_000
     reason = f"cgroup v1 at {root}: CPU limits as CFS quota (period {period} us)"

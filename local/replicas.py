@@ -7,38 +7,37 @@ removed. A supervision thread plays the kubelet: readiness probes, a crashed rep
 restarted in the same pod (name, port, cgroup) after CrashLoopBackOff's doubling delay,
 and every change of the ready set goes to ``on_change`` so the router follows it.
 
+The decisions (when to create, delete, probe, kill, restart) are here; one pod's record and
+its transitions are in ``kservebench.local.replica``.
+
 Timestamps are epoch seconds (``time.time()``), as kube-state-metrics exports them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from kservebench.errors import SpecError
-from kservebench.local.cgroups import (
-    Accounting,
-    CgroupSupport,
-    check_cpu_limit,
-    check_memory_limit,
-)
-from kservebench.procs import ManagedProcess, free_port
+from kservebench.local.cgroups import CgroupSupport, check_cpu_limit, check_memory_limit
+from kservebench.local.replica import STATES, Replica, kserve_argv, reap
+from kservebench.procs import free_port
+
+__all__ = [  # Replica, STATES and kserve_argv live in replica.py; importable from here too
+    "READY_FAILURE_THRESHOLD", "READY_PROBE_PERIOD_S", "STATES", "Replica", "ReplicaSet",
+    "kserve_argv",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-STATES = ("pending", "starting", "ready", "terminating", "backoff", "gone")
 # kubelet's readinessProbe defaults (periodSeconds 10, timeoutSeconds 1, failureThreshold
 # 3): a saturated, throttled replica answers its probe late, and a stricter probe would take
 # it out of the Service (and out of the HPA's metrics) exactly when it is busiest.
@@ -49,80 +48,6 @@ _set_ids = itertools.count(1)  # keeps cgroup names of two sets of one model apa
 
 def _noop(*_: Any) -> None:
     return None
-
-
-def kserve_argv(model_dir: Path, name: str, port: int) -> list[str]:
-    """LocalModelServer's ``kservebench serve ... --workers 1``: one process per replica."""
-    from kservebench.models.local import LocalModelServer
-
-    return LocalModelServer(model_dir, name, port=port, workers=1).argv()
-
-
-@dataclass(eq=False)
-class Replica:
-    """One pod: its lifecycle timestamps, state, restarts and resource accounting."""
-
-    pod: str
-    index: int
-    port: int
-    ready_url: str
-    accounting: Accounting
-    log_path: Path
-    created_s: float
-    state: str = "pending"
-    started_s: float | None = None
-    ready_s: float | None = None
-    deleted_s: float | None = None
-    gone_s: float | None = None
-    restarts: int = 0
-    exit_code: int | None = None
-    cold_starts_s: list[float] = field(default_factory=list)
-    process: ManagedProcess | None = field(default=None, repr=False)
-    crashes: int = 0  # consecutive, for the backoff
-    restart_at: float = 0.0  # monotonic deadlines from here on
-    ready_deadline: float = 0.0
-    kill_at: float = 0.0
-    next_probe: float = 0.0
-    probe_failures: int = 0
-    cold: bool = False  # spawned and not yet ready: the next ready is a cold start
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process and self.process.popen else None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive()
-
-    def signal_group(self, sig: signal.Signals, leftovers: bool = False) -> None:
-        """Signal the replica's process group (its workers too).
-
-        Only while the leader is unreaped (its pid cannot name another group then), or with
-        ``leftovers`` right after reaping it: a pid freed long ago may be someone else's."""
-        popen = self.process.popen if self.process is not None else None
-        if popen is not None and (leftovers or popen.returncode is None):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(popen.pid, sig)
-
-    def just_exited(self) -> bool:
-        """True once: when this call reaps the (leader) process."""
-        popen = self.process.popen if self.process is not None else None
-        return popen is not None and popen.returncode is None and popen.poll() is not None
-
-    def describe(self) -> dict[str, Any]:
-        keys = ("pod", "port", "state", "created_s", "started_s", "ready_s", "deleted_s")
-        return {
-            **{key: getattr(self, key) for key in (*keys, "gone_s", "restarts")},
-            "last_exit_code": self.exit_code,
-            "cold_starts_s": list(self.cold_starts_s),
-            "cpu_seconds": self.accounting.cpu_seconds(),
-            "throttled_seconds": self.accounting.throttled_seconds(),
-            "accounting": self.accounting.describe(),
-            "log": str(self.log_path),
-        }
 
 
 def _probe(url: str, timeout_s: float) -> bool:
@@ -288,7 +213,7 @@ class ReplicaSet:
             # Kubernetes' ranking, simplified: not ready first, then the newest.
             ranked = sorted(active, key=lambda r: (r.state == "ready", -r.index))
             for replica in ranked[: max(0, len(active) - n)]:
-                self._delete(replica)
+                replica.terminate(self.grace_s)
             self._cond.notify_all()
         self._wake.set()
         for event in events:
@@ -317,39 +242,11 @@ class ReplicaSet:
     def _spawn(self, replica: Replica) -> dict[str, Any] | None:
         """Start the replica's process in its cgroup; a failure is a crash (an event)."""
         argv = self.serve_argv(self.model_dir, self.model, replica.port)
-        process = ManagedProcess(argv, replica.log_path, env=self.env)
-        replica.process = process
-        replica.started_s = time.time()
-        try:
-            process.start()
-            replica.accounting.add(process.pid)
-        except OSError as err:  # never run a replica outside its limits
-            replica.signal_group(signal.SIGKILL)
-            if process.popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.popen.wait(timeout=5.0)
-            return self._crash(replica, None, f"failed to start: {err}")
-        replica.state = "starting"
-        replica.cold = True
-        replica.ready_deadline = time.monotonic() + self.ready_timeout_s
-        replica.next_probe = 0.0
-        replica.probe_failures = 0
-        return None
-
-    def _delete(self, replica: Replica) -> None:
-        replica.deleted_s = time.time()
-        replica.state = "terminating"
-        replica.signal_group(signal.SIGTERM)
-        replica.kill_at = time.monotonic() + self.grace_s
+        err = replica.spawn(argv, self.env, self.ready_timeout_s)
+        return None if err is None else self._crash(replica, None, f"failed to start: {err}")
 
     def _crash(self, replica: Replica, code: int | None, reason: str) -> dict[str, Any]:
-        replica.signal_group(signal.SIGKILL, leftovers=True)  # workers must not hold the port
-        replica.state = "backoff"
-        replica.restarts += 1
-        replica.crashes += 1
-        replica.exit_code = code
-        delay = min(self.restart_backoff_s * 2 ** (replica.crashes - 1), self.restart_backoff_max_s)
-        replica.restart_at = time.monotonic() + delay
+        delay = replica.back_off(code, self.restart_backoff_s, self.restart_backoff_max_s)
         action = f"restart in {delay:g} s"
         return self._event("replica crashed", replica, exit_code=code, reason=reason, action=action)
 
@@ -402,10 +299,7 @@ class ReplicaSet:
                     if code is not None:
                         events.append(self._crash(r, code, "process exited"))
                     elif r.state == "starting" and now > r.ready_deadline:
-                        r.signal_group(signal.SIGKILL)
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            r.process.popen.wait(timeout=5.0)
-                        code = r.process.popen.returncode
+                        code = r.kill()
                         reason = f"not ready after {self.ready_timeout_s:g} s"
                         events.append(self._crash(r, code, reason))
                     elif r.state == "ready" and wall - (r.ready_s or wall) >= self.backoff_reset_s:
@@ -484,20 +378,8 @@ class ReplicaSet:
             live = [r for r in self._all.values() if r.state != "gone"]
             for r in live:
                 if r.state != "terminating":
-                    self._delete(r)
-        running, deadline, killed = [r for r in live if r.alive()], time.monotonic(), False
-        deadline += self.grace_s
-        while running:
-            for r in [r for r in running if r.just_exited() or not r.alive()]:
-                r.signal_group(signal.SIGKILL, leftovers=True)
-                running.remove(r)
-            if running and time.monotonic() > deadline:
-                if killed:
-                    break  # unkillable (D state): leave it, never hang
-                for r in running:
-                    r.signal_group(signal.SIGKILL)
-                killed, deadline = True, time.monotonic() + 5.0
-            time.sleep(0.05 if running else 0)
+                    r.terminate(self.grace_s)
+        reap(live, self.grace_s)
         for r in live:
             r.accounting.remove()
         with self._cond:
