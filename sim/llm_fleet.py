@@ -21,14 +21,26 @@ latency count from the arrival, so they include the start-up delay.
 
 Every arrival gets exactly one record: finished (status 200), or ``unfinished`` (status 0)
 when the drain timeout ends the run first.
+
+Latency histograms for autoscalers (``ReplicaSignals``, vLLM's buckets): TTFT (dispatch to
+first token, as the server measures it), prefill time (first scheduled to first token) and
+the token sums of finished requests are observed when a request finishes (vLLM observes
+TTFT at the first token). Inter-token latency is observed at each sample: every token of
+a sample period in which the replica had work at both ends counts as one gap of the
+period's mean step time (vLLM observes each gap; here a period's gaps are summarized by
+their mean). ``busy_s_total`` counts sample periods with work at both ends, and half of
+those with work at one end: the time vLLM's engine loop spent stepping, which a CPU
+estimate starts from.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -38,6 +50,7 @@ from kservebench.errors import SpecError
 from kservebench.llm.engine import Engine
 from kservebench.llm.request import RequestOverheads, RequestResult
 from kservebench.llm.variants import Variant, get_variant
+from kservebench.llm.vllm_metrics import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 from kservebench.sim.distributions import Constant, Distribution
 from kservebench.sim.llm_routing import get_routing
 from kservebench.sim.llm_workload import LlmWorkload, build_records, check_fits
@@ -68,6 +81,19 @@ class ReplicaSignals:
     num_preemptions_total: int  # vllm:num_preemptions_total
     created_s: float
     ready_s: float | None
+    # cumulative counts per bound of vLLM's TTFT / ITL / request-latency buckets (le)
+    ttft_buckets: tuple[int, ...] = ()
+    ttft_count: int = 0
+    ttft_sum_s: float = 0.0
+    itl_buckets: tuple[int, ...] = ()
+    itl_count: int = 0
+    itl_sum_s: float = 0.0
+    prefill_buckets: tuple[int, ...] = ()  # vllm:request_prefill_time_seconds
+    prefill_count: int = 0
+    prefill_sum_s: float = 0.0
+    request_prompt_tokens_sum: int = 0  # of finished requests (vllm:request_prompt_tokens)
+    request_generation_tokens_sum: int = 0  # vllm:request_generation_tokens
+    busy_s_total: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +111,9 @@ class FleetSignals:
         return sum(r.ready for r in self.replicas)
 
 
-# (now_s, signals) -> the replica count to scale to, or None to leave it.
-Controller = Callable[[float, FleetSignals], int | None]
+# (now_s, signals) -> the replica count to scale to, or (count, pods to remove first), or
+# None to leave it.
+Controller = Callable[[float, FleetSignals], int | tuple[int, tuple[str, ...]] | None]
 
 
 class LlmReplica:
@@ -94,6 +121,8 @@ class LlmReplica:
 
     __slots__ = ("created_s", "drain_s", "engine", "index", "last_finish_s", "name")
     __slots__ += ("ready_s", "removed_s", "state")
+    __slots__ += ("busy_s", "had_work", "itl", "itl_sum", "seen_gen", "seen_steps", "ttft")
+    __slots__ += ("ttft_sum", "req_prompt", "req_gen", "prefill", "prefill_sum")
 
     def __init__(self, index: int, name: str, engine: Engine, now_s: float) -> None:
         self.index = index
@@ -105,6 +134,37 @@ class LlmReplica:
         self.drain_s: float | None = None
         self.removed_s: float | None = None
         self.last_finish_s = -math.inf
+        self.ttft = [0] * (len(TTFT_BUCKETS) + 1)  # per bucket, the last one +Inf
+        self.itl = [0] * (len(ITL_BUCKETS) + 1)
+        self.prefill = [0] * (len(REQUEST_LATENCY_BUCKETS) + 1)
+        self.ttft_sum = self.itl_sum = self.prefill_sum = self.busy_s = 0.0
+        self.req_prompt = self.req_gen = 0
+        self.seen_steps = self.seen_gen = 0
+        self.had_work = False
+
+    def observe_finished(self, res: RequestResult) -> None:
+        if res.first_token_s is not None:
+            ttft = res.first_token_s - res.arrival_s
+            self.ttft[bisect_left(TTFT_BUCKETS, ttft)] += 1
+            self.ttft_sum += ttft
+        prefill = res.prefill_time_s
+        if prefill is not None:
+            self.prefill[bisect_left(REQUEST_LATENCY_BUCKETS, prefill)] += 1
+            self.prefill_sum += prefill
+        self.req_prompt += res.prompt_tokens
+        self.req_gen += res.output_tokens
+
+    def observe_period(self, period_s: float) -> None:
+        """A sample period ended: its inter-token gaps and busy time (see the module)."""
+        e = self.engine
+        work = e.has_work
+        steps, generated = e.steps - self.seen_steps, e.generation_tokens_total - self.seen_gen
+        if self.had_work and work and steps > 0 and generated > 0:
+            gap = period_s / steps
+            self.itl[bisect_left(ITL_BUCKETS, gap)] += generated
+            self.itl_sum += gap * generated
+        self.busy_s += period_s * (self.had_work + work) / 2
+        self.seen_steps, self.seen_gen, self.had_work = e.steps, e.generation_tokens_total, work
 
     @property
     def num_requests(self) -> int:
@@ -131,6 +191,18 @@ class LlmReplica:
             num_preemptions_total=e.num_preemptions,
             created_s=self.created_s,
             ready_s=self.ready_s,
+            ttft_buckets=tuple(accumulate(self.ttft[:-1])),
+            ttft_count=sum(self.ttft),
+            ttft_sum_s=self.ttft_sum,
+            itl_buckets=tuple(accumulate(self.itl[:-1])),
+            itl_count=sum(self.itl),
+            itl_sum_s=self.itl_sum,
+            prefill_buckets=tuple(accumulate(self.prefill[:-1])),
+            prefill_count=sum(self.prefill),
+            prefill_sum_s=self.prefill_sum,
+            request_prompt_tokens_sum=self.req_prompt,
+            request_generation_tokens_sum=self.req_gen,
+            busy_s_total=self.busy_s,
         )
 
 
@@ -211,19 +283,22 @@ class LlmFleet:
 
     # -- replicas -------------------------------------------------------------------------
 
-    def scale_to(self, replicas: int, at_s: float | None = None) -> None:
+    def scale_to(
+        self, replicas: int, at_s: float | None = None, prefer: tuple[str, ...] = ()
+    ) -> None:
         """Ask for ``replicas`` replicas at ``at_s`` (default now; a later time is scheduled).
-        More: new ones start, ready after ``startup_s``. Fewer: pending ones are dropped
-        first (newest first), then ready ones with the fewest requests drain."""
+        More: new ones start, ready after ``startup_s``. Fewer: the pods named in
+        ``prefer`` go first, then pending ones (newest first), then ready ones with the
+        fewest requests drain."""
         if not isinstance(replicas, int | np.integer) or replicas < 0:
             raise SpecError("replicas", replicas, "must be an integer >= 0")
         at = self.now_s if at_s is None else float(at_s)
         if at > self.now_s or not self._ran:
-            self._push(at, _SCALE, int(replicas))
+            self._push(at, _SCALE, (int(replicas), tuple(prefer)))
             return
-        self._apply_scale(self.now_s, int(replicas))
+        self._apply_scale(self.now_s, int(replicas), tuple(prefer))
 
-    def _apply_scale(self, now: float, replicas: int) -> None:
+    def _apply_scale(self, now: float, replicas: int, prefer: tuple[str, ...] = ()) -> None:
         self.desired = replicas
         active = [r for r in self.live if r.state in (PENDING, READY)]
         for _ in range(replicas - len(active)):
@@ -234,7 +309,14 @@ class LlmFleet:
             for r in self.ready:
                 r.engine.advance_to(now)
             victims = sorted(
-                active, key=lambda r: (r.state == READY, r.num_requests, -r.created_s, -r.index)
+                active,
+                key=lambda r: (
+                    r.name not in prefer,
+                    r.state == READY,
+                    r.num_requests,
+                    -r.created_s,
+                    -r.index,
+                ),
             )
             for r in victims[: len(active) - replicas]:
                 if r.state == PENDING:
@@ -338,11 +420,13 @@ class LlmFleet:
                 )
                 calls += 1
                 desired = controller(now, signals) if controller else None
-                if desired is not None:
+                if isinstance(desired, tuple):
+                    self.scale_to(int(desired[0]), now, tuple(desired[1]))
+                elif desired is not None:
                     self.scale_to(int(desired), now)
                 self._push((value + 1) * self.interval_s, _CONTROL, value + 1)
             elif kind == _SCALE:
-                self._apply_scale(now, value)
+                self._apply_scale(now, *value)
             elif kind == _READY:
                 starting = [value]
                 while timers[0][0] == now and timers[0][1] == _READY:  # ready at once too:
@@ -401,6 +485,7 @@ class LlmFleet:
 
     def _collect(self, replica: LlmReplica) -> None:
         for res in replica.engine.take_finished():
+            replica.observe_finished(res)
             self._results[int(res.req_id)] = res
             self._finished += 1
             if res.finished_s is not None and res.finished_s > replica.last_finish_s:
@@ -423,6 +508,8 @@ class LlmFleet:
     def _sample(self, now: float, rows: dict[str, list]) -> None:
         for r in self.live:
             e = r.engine
+            if r.state != PENDING and now > 0:
+                r.observe_period(self.sample_s)
             rows["time_s"].append(now)
             rows["pod"].append(r.name)
             rows["state"].append(r.state)
