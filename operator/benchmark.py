@@ -1,22 +1,32 @@
 """The Benchmark resource: a load run against a served model, executed as a Kubernetes Job.
 
 A Benchmark names a target (URL, model, protocol) and one load pattern. The operator
-turns it into a ConfigMap holding the pattern and a Job running ``kservebench loadgen``
-(Locust, open loop) against the target, then follows the Job and mirrors its progress in
+turns it into a ConfigMap holding the pattern, a Job running ``kservebench loadgen``
+(Locust, open loop) against the target and a NetworkPolicy closing the load pod to
+inbound traffic, then follows the Job and mirrors its progress in
 the Benchmark's status: ``Pending`` -> ``Running`` -> ``Succeeded`` | ``Failed``, with the
 start and completion times. A bad spec is refused: status ``Failed`` with a message that
 names the field, and no Job.
 
+Results outlive the Job two ways. The key figures (requests, errors, latency
+percentiles, achieved rate) travel in the load container's termination message
+(``benchmark_run``), which the operator reads from the finished pod's status into the
+Benchmark's ``status.results``. The full results folder goes to ``/results/<name>`` on
+the PVC ``spec.resultsClaim`` when one is named (``manifests/samples/results-pvc.yaml``
+creates one, ``results-reader.yaml`` mounts it for ``kubectl cp``); without one it is an
+emptyDir, gone with the pod.
+
 Decisions are pure functions (``parse_benchmark``, ``build_pattern_configmap``,
-``build_job``, ``status_from_job``); the kopf handlers only call them and talk to the API
-with the synchronous ``kubernetes`` client (kopf runs sync handlers in threads). The
-client's configuration is the operator's: ``kservebench operator`` loads the kubeconfig or
-in-cluster configuration before kopf starts, and registers these handlers with
-``register(registry)``.
+``build_network_policy``, ``build_job``, ``status_from_job``, ``results_from_pods``); the
+kopf handlers only call them and talk to the API with the synchronous ``kubernetes``
+client (kopf runs sync handlers in threads). The client's configuration is the
+operator's: ``kservebench operator`` loads the kubeconfig or in-cluster configuration
+before kopf starts, and registers these handlers with ``register(registry)``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -28,12 +38,18 @@ import yaml
 
 from kservebench.errors import SpecError
 from kservebench.loadgen.patterns import parse_pattern
+from kservebench.operator.benchmark_run import read_message
 
 GROUP, VERSION, PLURAL = "kservebench.dev", "v1alpha1", "benchmarks"
 BENCHMARK_LABEL = f"{GROUP}/benchmark"  # on the Job and ConfigMap: which Benchmark owns them
 PATTERN_FILE = "pattern.yaml"
 PATTERN_DIR = "/etc/kservebench"
 RESULTS_DIR = "/results"
+CONTAINER = "loadgen"
+# Where the load container writes its key figures (Kubernetes' default path, set
+# explicitly because the operator depends on it).
+MESSAGE_PATH = "/dev/termination-log"
+RUN_AS = 65532  # the image's non-root user (manifests/Dockerfile)
 # The image that holds the kservebench command; a Benchmark may name its own.
 DEFAULT_IMAGE = os.environ.get("KSERVEBENCH_IMAGE", "ghcr.io/kservebench/kservebench:0.1.0")
 PROTOCOLS = ("v1", "v2")
@@ -118,6 +134,21 @@ def build_pattern_configmap(benchmark: str, spec: BenchmarkSpec) -> dict[str, An
     }
 
 
+def build_network_policy(benchmark: str) -> dict[str, Any]:
+    """Nothing may connect to the load pod (it listens on nothing); it may reach any
+    target the Benchmark names, so egress stays open."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": child_name(benchmark), "labels": {BENCHMARK_LABEL: benchmark}},
+        "spec": {
+            "podSelector": {"matchLabels": {BENCHMARK_LABEL: benchmark}},
+            "policyTypes": ["Ingress"],
+            "ingress": [],
+        },
+    }
+
+
 def loadgen_args(benchmark: str, spec: BenchmarkSpec) -> list[str]:
     """The ``kservebench`` arguments the Job runs: the same CLI as on a laptop."""
     return [
@@ -139,6 +170,22 @@ def loadgen_args(benchmark: str, spec: BenchmarkSpec) -> list[str]:
     ]
 
 
+def job_command(benchmark: str, spec: BenchmarkSpec) -> list[str]:
+    """loadgen, wrapped so its key figures become the termination message."""
+    summary = f"{RESULTS_DIR}/{benchmark}/summary.json"
+    return [
+        "python", "-m", "kservebench.operator.benchmark_run",
+        "--summary", summary, "--message", MESSAGE_PATH,
+        "--", "kservebench", *loadgen_args(benchmark, spec),
+    ]  # fmt: skip
+
+
+def results_location(benchmark: str, spec: BenchmarkSpec) -> str:
+    if spec.results_claim:
+        return f"pvc://{spec.results_claim}/{benchmark}"
+    return "emptyDir (gone with the pod; name spec.resultsClaim to keep the folder)"
+
+
 def build_job(benchmark: str, spec: BenchmarkSpec) -> dict[str, Any]:
     name = child_name(benchmark)
     results = (
@@ -147,6 +194,13 @@ def build_job(benchmark: str, spec: BenchmarkSpec) -> dict[str, Any]:
         else {"emptyDir": {}}
     )
     labels = {BENCHMARK_LABEL: benchmark}
+    # Restricted Pod Security: non-root, no privileges, read-only root (Locust and
+    # matplotlib write under HOME=/tmp, an emptyDir).
+    container_security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -159,22 +213,41 @@ def build_job(benchmark: str, spec: BenchmarkSpec) -> dict[str, Any]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,  # it only sends traffic
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [
                         {
-                            "name": "loadgen",
+                            "name": CONTAINER,
                             "image": spec.image,
-                            "command": ["kservebench"],
-                            "args": loadgen_args(benchmark, spec),
-                            "resources": {"requests": {"cpu": "1", "memory": "512Mi"}},
+                            # A locally built image loaded into kind has no registry copy.
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": job_command(benchmark, spec)[:1],
+                            "args": job_command(benchmark, spec)[1:],
+                            "env": [{"name": "HOME", "value": "/tmp"}],
+                            "terminationMessagePath": MESSAGE_PATH,
+                            "terminationMessagePolicy": "File",
+                            "resources": {
+                                "requests": {"cpu": "1", "memory": "512Mi"},
+                                "limits": {"cpu": "2", "memory": "2Gi"},
+                            },
+                            "securityContext": container_security,
                             "volumeMounts": [
                                 {"name": "pattern", "mountPath": PATTERN_DIR, "readOnly": True},
                                 {"name": "results", "mountPath": RESULTS_DIR},
+                                {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }
                     ],
                     "volumes": [
                         {"name": "pattern", "configMap": {"name": name}},
                         {"name": "results", **results},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                     ],
                 },
             },
@@ -207,6 +280,20 @@ def status_from_job(job_status: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in status.items() if value is not None}
 
 
+def results_from_pods(pods: list[dict[str, Any]], benchmark: str) -> dict[str, Any] | None:
+    """The key figures from the newest finished load container of ``benchmark``'s pods."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for pod in pods:
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(BENCHMARK_LABEL) != benchmark:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            figures = read_message(terminated.get("message"))
+            if container.get("name") == CONTAINER and figures is not None:
+                found.append((str(terminated.get("finishedAt") or ""), figures))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
 # --- kopf handlers: thin shells around the functions above ---------------------------------
 
 
@@ -229,11 +316,18 @@ def start_benchmark(
         patch.status["message"] = f"invalid spec: {err}"
         raise kopf.PermanentError(str(err)) from err
     configmap = build_pattern_configmap(name, bench)
+    policy = build_network_policy(name)
     job = build_job(name, bench)
-    kopf.adopt([configmap, job], owner=body)
+    kopf.adopt([configmap, policy, job], owner=body)
     api = kubernetes.client.ApiClient()
     _create(
         kubernetes.client.CoreV1Api(api).create_namespaced_config_map, namespace, configmap, logger
+    )
+    _create(
+        kubernetes.client.NetworkingV1Api(api).create_namespaced_network_policy,
+        namespace,
+        policy,
+        logger,
     )
     _create(kubernetes.client.BatchV1Api(api).create_namespaced_job, namespace, job, logger)
     logger.info(
@@ -241,6 +335,7 @@ def start_benchmark(
     )
     patch.status["phase"] = "Pending"
     patch.status["job"] = job["metadata"]["name"]
+    patch.status["resultsLocation"] = results_location(name, bench)
 
 
 def follow_job(body: Any, namespace: str, logger: Any, **_: Any) -> None:
@@ -249,6 +344,17 @@ def follow_job(body: Any, namespace: str, logger: Any, **_: Any) -> None:
         return
     benchmark = body["metadata"]["labels"][BENCHMARK_LABEL]
     api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient())
+    if status.get("phase") in ("Succeeded", "Failed"):
+        # The selector narrows the list on a real API server; results_from_pods checks
+        # the label again (KMock ignores selectors).
+        # Raw JSON (camelCase, as results_from_pods reads it), not the client's models.
+        response = kubernetes.client.CoreV1Api(api.api_client).list_namespaced_pod(
+            namespace, label_selector=f"{BENCHMARK_LABEL}={benchmark}", _preload_content=False
+        )
+        pods = json.loads(response.data).get("items") or []
+        results = results_from_pods(pods, benchmark)
+        if results is not None:
+            status["results"] = results
     try:
         api.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, benchmark, {"status": status}
@@ -256,7 +362,7 @@ def follow_job(body: Any, namespace: str, logger: Any, **_: Any) -> None:
     except kubernetes.client.ApiException as err:
         if err.status != 404:  # the Benchmark was deleted; its Job goes with it
             raise
-    logger.info(f"Benchmark {benchmark}: {status.get('phase')}")
+    logger.info(f"Benchmark {benchmark}: {status.get('phase')} {status.get('results') or ''}")
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

@@ -1,7 +1,8 @@
 """``kservebench render`` and ``kservebench operator``.
 
-``render FILE`` prints the InferenceService YAML for each ModelDeployment in FILE,
-without a cluster, after checking it strictly against the KServe SDK's schema. A bad
+``render FILE`` prints the InferenceService YAML for each ModelDeployment in FILE (and
+the HorizontalPodAutoscaler the operator owns beside it in mode hpa), without a cluster,
+after checking the InferenceService strictly against the KServe SDK's schema. A bad
 spec prints one line naming the field and value and exits 1 (no traceback).
 
 ``operator`` runs kopf with the ModelDeployment handlers (and the Benchmark handlers
@@ -11,10 +12,10 @@ kubeconfig configuration for the kubernetes client the handlers use.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,7 +46,10 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
 
 def render_documents(documents: list[dict[str, Any]], kserve_names: str | None) -> str:
     """YAML of the InferenceServices for the ModelDeployments among ``documents``."""
-    from kservebench.operator.inferenceservice import build_inference_service
+    from kservebench.operator.inferenceservice import (
+        build_horizontal_pod_autoscaler,
+        build_inference_service,
+    )
     from kservebench.operator.sdk_schema import validate_inference_service
     from kservebench.operator.spec import KIND, DeploymentModeNames, parse_model_deployment
 
@@ -53,16 +57,27 @@ def render_documents(documents: list[dict[str, Any]], kserve_names: str | None) 
     for index, document in enumerate(documents):
         if not isinstance(document, dict) or document.get("kind") != KIND:
             continue
+        if kserve_names is not None:
+            # Through the spec, so the checks that depend on the names run too.
+            document = copy.deepcopy(document)
+            spec_part = document.setdefault("spec", {})
+            if isinstance(spec_part, dict):
+                kserve = spec_part.get("kserve")
+                spec_part["kserve"] = {
+                    **(kserve if isinstance(kserve, dict) else {}),
+                    "deploymentModeNames": DeploymentModeNames(kserve_names).value,
+                }
         try:
             spec = parse_model_deployment(document)
         except SpecError as err:
             where = f"document {index + 1}: " if len(documents) > 1 else ""
             raise _fail(f"{where}{err}") from None
-        if kserve_names is not None:
-            spec = replace(spec, deployment_mode_names=DeploymentModeNames(kserve_names))
         manifest = build_inference_service(spec)
         validate_inference_service(manifest)  # a bug here is ours, not the user's: let it raise
         rendered.append(yaml.safe_dump(manifest, sort_keys=False))
+        hpa = build_horizontal_pod_autoscaler(spec)
+        if hpa is not None:
+            rendered.append(yaml.safe_dump(hpa, sort_keys=False))
     if not rendered:
         raise _fail(f"no {KIND} found (documents need kind: {KIND})")
     return "---\n".join(rendered)

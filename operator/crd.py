@@ -69,6 +69,9 @@ def _object(properties: dict[str, Any], required: list[str] | None = None, **ext
     return out
 
 
+UP_DEFAULT = S.HPA_DEFAULT_STABILIZATION["scaleUpStabilizationSeconds"]
+DOWN_DEFAULT = S.HPA_DEFAULT_STABILIZATION["scaleDownStabilizationSeconds"]
+
 # (rule, message, fieldPath): the cross-field rules; spec.py enforces each one too.
 CEL_RULES: list[tuple[str, str, str]] = [
     (
@@ -133,6 +136,55 @@ CEL_RULES: list[tuple[str, str, str]] = [
         "model.llm is for kind llm only",
         ".model.llm",
     ),
+    (
+        f"self.mode != 'knative' || !has(self.timeoutSeconds)"
+        f" || self.timeoutSeconds <= {S.KNATIVE_TIMEOUT_MAX}",
+        f"timeoutSeconds must be <= {S.KNATIVE_TIMEOUT_MAX} in mode knative (Knative's default"
+        " max-revision-timeout-seconds)",
+        ".timeoutSeconds",
+    ),
+    (
+        "self.mode != 'knative' || !has(self.scaling.knative)"
+        " || !has(self.scaling.knative.initialScale) || self.scaling.knative.initialScale > 0"
+        " || (has(self.scaling.knative.allowZeroInitialScale)"
+        " && self.scaling.knative.allowZeroInitialScale)",
+        "in mode knative, initialScale 0 needs the cluster's allow-zero-initial-scale: true"
+        " (Knative refuses it otherwise); say so with allowZeroInitialScale: true",
+        ".scaling.knative.initialScale",
+    ),
+    (
+        # double(): a number field holds an int or a double; compare them alike.
+        "!has(self.scaling.knative) || !has(self.scaling.knative.targetBurstCapacity)"
+        " || double(self.scaling.knative.targetBurstCapacity) >= 0.0"
+        " || double(self.scaling.knative.targetBurstCapacity) == -1.0",
+        "targetBurstCapacity must be >= 0, or -1 (unlimited)",
+        ".scaling.knative.targetBurstCapacity",
+    ),
+    (
+        "!has(self.kserve) || !has(self.kserve.deploymentModeNames)"
+        " || self.kserve.deploymentModeNames != 'legacy' || self.mode != 'hpa'"
+        " || (has(self.scaling.metric) ? self.scaling.metric == 'prometheus'"
+        " : self.model.kind == 'llm')"
+        " || !has(self.scaling.hpa)"
+        " || ((!has(self.scaling.hpa.scaleUpStabilizationSeconds)"
+        f" || self.scaling.hpa.scaleUpStabilizationSeconds == {UP_DEFAULT})"
+        " && (!has(self.scaling.hpa.scaleDownStabilizationSeconds)"
+        f" || self.scaling.hpa.scaleDownStabilizationSeconds == {DOWN_DEFAULT}))",
+        "KServe <= 0.15 (deploymentModeNames legacy) ignores HPA behaviour: its HPA runs"
+        f" Kubernetes' defaults ({UP_DEFAULT} s up, {DOWN_DEFAULT} s down); use current names",
+        ".scaling.hpa",
+    ),
+]
+
+# Rules on the whole object: only there can CEL read metadata.name. No fieldPath: the
+# schema has no metadata.name property to point at.
+ROOT_CEL_RULES: list[tuple[str, str]] = [
+    (
+        f"self.spec.mode != '{mode}' || size(self.metadata.name) <= {limit}",
+        f"metadata.name must be at most {limit} characters in mode {mode} (KServe and Knative"
+        " derive longer names and labels from it)",
+    )
+    for mode, limit in S.NAME_MAX_BY_MODE.items()
 ]
 
 
@@ -174,7 +226,14 @@ def spec_schema() -> dict[str, Any]:
             "scaleToZeroRetention": _duration(
                 "knative.scaleToZeroRetention", "Keep the last pod this long (0s-1h)."
             ),
-            "targetBurstCapacity": _num("knative.targetBurstCapacity"),
+            "targetBurstCapacity": _num(
+                "knative.targetBurstCapacity", description=">= 0, or -1 for unlimited."
+            ),
+            "allowZeroInitialScale": {
+                "type": "boolean",
+                "description": "The cluster's config-autoscaler sets allow-zero-initial-scale:"
+                " true, so initialScale may be 0 (Knative refuses it otherwise).",
+            },
         },
         description="Knative KPA settings (mode knative).",
     )
@@ -183,7 +242,8 @@ def spec_schema() -> dict[str, Any]:
             "scaleUpStabilizationSeconds": _int("hpa.scaleUpStabilizationSeconds"),
             "scaleDownStabilizationSeconds": _int("hpa.scaleDownStabilizationSeconds"),
         },
-        description="HPA behavior (mode hpa).",
+        description="HPA behaviour (mode hpa). On cpu/memory the operator's own HPA applies it"
+        " (KServe's hpa class would ignore it); KEDA applies it for metric prometheus.",
     )
     prometheus = _object(
         {
@@ -217,11 +277,15 @@ def spec_schema() -> dict[str, Any]:
                     "deploymentModeNames": _enum(
                         S.DeploymentModeNames,
                         "current: Standard/Knative (KServe >= 0.16); legacy: RawDeployment/"
-                        "Serverless.",
+                        "Serverless, for KServe <= 0.15 only (refused on a cluster whose"
+                        " KServe reports the current names).",
                     )
                 }
             ),
-            "timeoutSeconds": _int("timeoutSeconds"),
+            "timeoutSeconds": _int(
+                "timeoutSeconds",
+                description=f"Request timeout; at most {S.KNATIVE_TIMEOUT_MAX} in mode knative.",
+            ),
             "scaling": scaling,
         },
         required=["model", "mode", "scaling"],
@@ -251,7 +315,10 @@ def status_schema() -> dict[str, Any]:
             "conditions": {"type": "array", "items": condition},
             "inferenceService": {"type": "string"},
             "url": {"type": "string"},
-            "readyReplicas": {"type": "integer"},
+            "readyReplicas": {
+                "type": "integer",
+                "description": "Ready predictor pods, from the Deployments that run them.",
+            },
             "observedGeneration": {"type": "integer"},
             # kopf keeps its handler progress here when annotations are not enough.
             "kopf": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
@@ -304,6 +371,12 @@ def generate_crd() -> dict[str, Any]:
                                 "status": status_schema(),
                             },
                             required=["spec"],
+                            **{
+                                "x-kubernetes-validations": [
+                                    {"rule": rule, "message": message}
+                                    for rule, message in ROOT_CEL_RULES
+                                ]
+                            },
                         )
                     },
                 }

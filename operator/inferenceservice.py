@@ -3,10 +3,18 @@
 Which deployment mode, which autoscaler, which annotations and predictor fields a
 spec turns into is decided here and nowhere else (see REFERENCE.md sections 1-2):
 
-* mode hpa  -> deploymentMode Standard (RawDeployment on KServe <= 0.15); cpu/memory
-  scale with ``autoscalerClass: hpa`` (scaleMetric/scaleTarget plus the same Resource
-  metric in ``autoScaling`` so stabilization windows ride along in ``behavior``); the
-  ``prometheus`` metric scales with ``autoscalerClass: keda`` on an External metric.
+* mode hpa  -> deploymentMode Standard (RawDeployment on KServe <= 0.15).
+  cpu/memory: KServe's own hpa class builds its HPA with an empty ``behavior`` and never
+  reads ``autoScaling.behavior`` (kserve v0.16.0 reconcilers/hpa/hpa_reconciler.go), so
+  the stabilization windows would silently become Kubernetes' 0 s / 300 s. Instead the
+  InferenceService says ``autoscalerClass: external`` (KServe 0.16 then creates no HPA
+  and leaves the Deployment's replicas alone) and the operator owns an
+  ``autoscaling/v2`` HPA with the spec's metric and behaviour
+  (:func:`build_horizontal_pod_autoscaler`). KServe <= 0.15 (legacy names) pins the
+  replicas of an ``external`` Deployment, so there the hpa class stays and windows other
+  than the defaults are refused (``spec.py``).
+  prometheus: ``autoscalerClass: keda`` on an External metric; KServe's KEDA path does
+  honour ``autoScaling.behavior``.
 * mode knative -> deploymentMode Knative (Serverless); scaleMetric concurrency|rps,
   KPA knobs as ``autoscaling.knative.dev/*`` annotations, which KServe passes to the
   revision; ``minReplicas: 0`` is scale to zero.
@@ -35,10 +43,13 @@ ISVC_API_VERSION = f"{ISVC_GROUP}/{ISVC_VERSION}"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 KNATIVE_PREFIX = "autoscaling.knative.dev/"
+PROMETHEUS_SCRAPING_ANNOTATION = "serving.kserve.io/enable-prometheus-scraping"
 OWNER_LABEL = "kservebench.dev/model-deployment"
 MODE_LABEL = "kservebench.dev/mode"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kservebench-operator"}
 SERVING_PORT = 8080  # the ModelServer's HTTP port; /metrics is served there too
+HPA_API_VERSION = "autoscaling/v2"
+HPA_GROUP, HPA_VERSION, HPA_PLURAL = "autoscaling", "v2", "horizontalpodautoscalers"
 
 DEPLOYMENT_MODES: dict[tuple[Mode, DeploymentModeNames], str] = {
     (Mode.HPA, DeploymentModeNames.CURRENT): "Standard",
@@ -48,6 +59,12 @@ DEPLOYMENT_MODES: dict[tuple[Mode, DeploymentModeNames], str] = {
 }
 # Both spellings of a mode, so a mode change is detected whichever names a cluster uses.
 MODE_OF_DEPLOYMENT_MODE = {value: mode for (mode, _), value in DEPLOYMENT_MODES.items()}
+CURRENT_DEPLOYMENT_MODES = {
+    v for (_, names), v in DEPLOYMENT_MODES.items() if names is DeploymentModeNames.CURRENT
+}
+LEGACY_DEPLOYMENT_MODES = {
+    v for (_, names), v in DEPLOYMENT_MODES.items() if names is DeploymentModeNames.LEGACY
+}
 MODEL_FORMAT = {
     ModelKind.SKLEARN: "sklearn",
     ModelKind.XGBOOST: "xgboost",
@@ -62,14 +79,35 @@ def deployment_mode(spec: ModelDeploymentSpec) -> str:
 def autoscaler_class(spec: ModelDeploymentSpec) -> str | None:
     if spec.mode is not Mode.HPA:
         return None
-    return "keda" if spec.scaling.metric is Metric.PROMETHEUS else "hpa"
+    if spec.scaling.metric is Metric.PROMETHEUS:
+        return "keda"
+    return "hpa" if spec.deployment_mode_names is DeploymentModeNames.LEGACY else "external"
+
+
+def owns_hpa(spec: ModelDeploymentSpec) -> bool:
+    """Whether the operator (not KServe) creates the HPA for this spec."""
+    return autoscaler_class(spec) == "external"
+
+
+def predictor_name(name: str) -> str:
+    return f"{name}-predictor"  # KServe's name for the predictor Deployment and Service
+
+
+def hpa_name(name: str) -> str:
+    # Not KServe's "<name>-predictor": KServe's reconciler looks that name up and would
+    # try to overwrite an HPA it finds there. The "-predictor" infix keeps the name
+    # readable by the analysis, which takes the model from "<model>-predictor...".
+    return f"{predictor_name(name)}-hpa"
 
 
 def build_inference_service(spec: ModelDeploymentSpec) -> dict[str, Any]:
     """The InferenceService for ``spec`` as a plain dict (no owner reference: kopf adds it)."""
     annotations = {
         DEPLOYMENT_MODE_ANNOTATION: deployment_mode(spec),
-        "serving.kserve.io/enable-prometheus-scraping": "true",
+        # Our scrape jobs find model pods by label and by prometheus.kserve.io/*. KServe's
+        # own flag only adds prometheus.io/port: 9091, the queue-proxy's port: right in
+        # Knative mode, a port nothing listens on in Standard mode.
+        PROMETHEUS_SCRAPING_ANNOTATION: "true" if spec.mode is Mode.KNATIVE else "false",
         "prometheus.kserve.io/port": str(SERVING_PORT),
         "prometheus.kserve.io/path": "/metrics",
     }
@@ -101,24 +139,49 @@ def build_inference_service(spec: ModelDeploymentSpec) -> dict[str, Any]:
 
 def _hpa_predictor(spec: ModelDeploymentSpec) -> dict[str, Any]:
     scaling = spec.scaling
-    behavior = {
-        "scaleUp": {"stabilizationWindowSeconds": scaling.hpa.scale_up_stabilization_s},
-        "scaleDown": {"stabilizationWindowSeconds": scaling.hpa.scale_down_stabilization_s},
-    }
     if scaling.metric is Metric.PROMETHEUS:
         assert scaling.prometheus is not None  # parse_scaling always fills it in
-        # KEDA refuses scaleMetric; the query is a per-replica average compared to a Value.
+        # KServe hands KEDA only a threshold (no metricType), and KEDA's default is
+        # AverageValue: desired = ceil(query / threshold), so the query is a total over the
+        # replicas. The target says so; `value` is the field KServe reads the threshold from.
+        threshold = str(scaling.target)
         external = {
             "metric": {
                 "backend": "prometheus",
                 "serverAddress": scaling.prometheus.server_address,
                 "query": scaling.prometheus.query,
             },
-            "target": {"type": "Value", "value": str(scaling.target)},
+            "target": {"type": "AverageValue", "averageValue": threshold, "value": threshold},
         }
         metrics = [{"type": "External", "external": external}]
-        return {"autoScaling": {"metrics": metrics, "behavior": behavior}}
-    resource_metric = {
+        return {"autoScaling": {"metrics": metrics, "behavior": _behavior(spec)}}
+    if owns_hpa(spec):
+        return {}  # the operator's HPA carries metric, target and behaviour
+    # KServe <= 0.15: its hpa class reads scaleMetric/scaleTarget (behaviour is refused
+    # unless it is the default, which is what that HPA runs with).
+    return {
+        "scaleMetric": scaling.metric.value,
+        "scaleMetricType": "Utilization",
+        "scaleTarget": scaling.target,
+    }
+
+
+def _behavior(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    hpa = spec.scaling.hpa
+    return {
+        "scaleUp": {"stabilizationWindowSeconds": hpa.scale_up_stabilization_s},
+        "scaleDown": {"stabilizationWindowSeconds": hpa.scale_down_stabilization_s},
+    }
+
+
+def build_horizontal_pod_autoscaler(spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    """The HPA the operator owns beside the InferenceService, or None where KServe or
+    Knative scales (see the module docstring). Scaling policies are left to Kubernetes'
+    defaults; only the stabilization windows are the spec's."""
+    if not owns_hpa(spec):
+        return None
+    scaling = spec.scaling
+    metric = {
         "type": "Resource",
         "resource": {
             "name": scaling.metric.value,
@@ -126,11 +189,24 @@ def _hpa_predictor(spec: ModelDeploymentSpec) -> dict[str, Any]:
         },
     }
     return {
-        "scaleMetric": scaling.metric.value,
-        "scaleMetricType": "Utilization",
-        "scaleTarget": scaling.target,
-        # KServe reads metrics from autoScaling when it is set, so it repeats scaleMetric.
-        "autoScaling": {"metrics": [resource_metric], "behavior": behavior},
+        "apiVersion": HPA_API_VERSION,
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": hpa_name(spec.name),
+            "namespace": spec.namespace,
+            "labels": {**MANAGED_BY, OWNER_LABEL: spec.name, MODE_LABEL: spec.mode.value},
+        },
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": predictor_name(spec.name),
+            },
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [metric],
+            "behavior": _behavior(spec),
+        },
     }
 
 

@@ -9,7 +9,12 @@ the one the spec asks for and answers with one :class:`Action`:
                  and create;
 * ``patch``    - someone (or a spec change) moved a field we own: a JSON merge patch
                  puts it back;
+* ``refuse``   - the cluster's KServe cannot run what the spec asks (legacy mode names
+                 on KServe >= 0.16): report it, change nothing;
 * ``none``     - it already is what we want.
+
+The same plan serves the HorizontalPodAutoscaler the operator owns in mode hpa (it has
+no deployment mode, so only create, wait, patch and none arise there).
 
 Ownership is "the fields we set": other controllers' defaults (KServe's webhook fills
 in many) are left alone. To also drop a field that an earlier spec set and the current
@@ -23,7 +28,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kservebench.operator.inferenceservice import DEPLOYMENT_MODE_ANNOTATION, mode_of
+from kservebench.operator.inferenceservice import (
+    CURRENT_DEPLOYMENT_MODES,
+    DEPLOYMENT_MODE_ANNOTATION,
+    LEGACY_DEPLOYMENT_MODES,
+    mode_of,
+)
 
 LAST_APPLIED = "kservebench.dev/last-applied"
 # The deployment mode is compared as a mode (``mode_of``), not as text: KServe accepts
@@ -33,7 +43,7 @@ NOT_COMPARED = {LAST_APPLIED, DEPLOYMENT_MODE_ANNOTATION}
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # create | wait | recreate | patch | none
+    kind: str  # create | wait | recreate | patch | refuse | none
     patch: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
 
@@ -96,9 +106,11 @@ def merge_patch(actual: Any, desired: dict[str, Any], previous: Any = None) -> d
 def plan(existing: dict[str, Any] | None, desired: dict[str, Any]) -> Action:
     """Decide what to do; ``desired`` should already carry the last-applied record."""
     if existing is None:
-        return Action("create", reason="no InferenceService yet")
+        return Action("create", reason="not there yet")
     if (existing.get("metadata") or {}).get("deletionTimestamp"):
-        return Action("wait", reason="the previous InferenceService is still being deleted")
+        return Action("wait", reason="the previous one is still being deleted")
+    if refusal := legacy_names_refusal(existing, desired):
+        return Action("refuse", reason=refusal)
     if mode_of(existing) != mode_of(desired):
         return Action(
             "recreate",
@@ -113,3 +125,24 @@ def plan(existing: dict[str, Any] | None, desired: dict[str, Any]) -> Action:
         )
         return Action("patch", patch=patch, reason="fields differ from the spec")
     return Action("none")
+
+
+def legacy_names_refusal(existing: dict[str, Any], desired: dict[str, Any]) -> str:
+    """Why legacy deployment-mode names cannot work on this cluster ("" when they can).
+
+    KServe >= 0.16 writes its own names into ``status.deploymentMode`` (Standard, Knative),
+    and its webhook refuses every update whose annotation differs from that status: an
+    InferenceService created as ``Serverless`` there could never be changed again (and
+    ``RawDeployment`` is validated as a Knative one, which refuses metric cpu). KServe
+    <= 0.15 reports the legacy names, so the status tells the two apart.
+    """
+    annotations = (desired.get("metadata") or {}).get("annotations") or {}
+    wanted = annotations.get(DEPLOYMENT_MODE_ANNOTATION)
+    reported = (existing.get("status") or {}).get("deploymentMode")
+    if wanted in LEGACY_DEPLOYMENT_MODES and reported in CURRENT_DEPLOYMENT_MODES:
+        return (
+            f"this cluster's KServe reports deploymentMode {reported!r} (the names of KServe"
+            f" >= 0.16), which refuses every update of an InferenceService annotated"
+            f" {wanted!r}; legacy names are for KServe <= 0.15: use current"
+        )
+    return ""

@@ -40,6 +40,9 @@ class KnativeScaling:
     initial_scale: int = 1
     scale_to_zero_retention_s: int = 0
     target_burst_capacity: float = 211.0
+    # The cluster's config-autoscaler has allow-zero-initial-scale: true (default false:
+    # Knative then refuses initial-scale 0 and the revision never becomes ready).
+    allow_zero_initial_scale: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def _parse_knative(raw: Any, path: str) -> KnativeScaling:
         "scaleToZeroRetention": ("scale_to_zero_retention_s", True),
         "targetBurstCapacity": ("target_burst_capacity", False),
     }
-    check_known(raw, path, set(fields))
+    check_known(raw, path, {*fields, "allowZeroInitialScale"})
     values: dict[str, Any] = {}
     for key, (attr, is_duration) in fields.items():
         if raw.get(key) is None:
@@ -202,7 +205,18 @@ def _parse_knative(raw: Any, path: str) -> KnativeScaling:
             values[attr] = parse_duration(raw[key], where, bound)
         else:
             values[attr] = read_number(raw[key], where, bound, integer=key == "initialScale")
-    return KnativeScaling(**values)
+    allow_zero = raw.get("allowZeroInitialScale", False)
+    if not isinstance(allow_zero, bool):
+        raise SpecError(f"{path}.allowZeroInitialScale", allow_zero, "must be true or false")
+    # initialScale 0 depends on the cluster's config-autoscaler, so the ModelDeployment
+    # parser checks it (spec.py); the local target and the simulator run it as given.
+    # A negative burst capacity other than -1 is invalid for Knative anywhere.
+    burst = values.get("target_burst_capacity")
+    if burst is not None and burst < 0 and burst != -1:
+        raise SpecError(
+            f"{path}.targetBurstCapacity", burst, "must be >= 0, or -1 (unlimited burst capacity)"
+        )
+    return KnativeScaling(**values, allow_zero_initial_scale=allow_zero)
 
 
 def _parse_hpa(raw: Any, path: str) -> HPAScaling:

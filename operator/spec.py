@@ -32,10 +32,14 @@ from kservebench.operator.vocabulary import (
     DEFAULT_REQUESTS,
     DEFAULT_RUNTIME,
     GPU_RESOURCE,
+    HPA_DEFAULT_STABILIZATION,
     KIND,
     KIND_PROTOCOLS,
+    KNATIVE_TIMEOUT_MAX,
     NAME_MAX,
+    NAME_MAX_BY_MODE,
     NAME_PATTERN,
+    PERCENT_METRICS,
     PLURAL,
     RESERVED_MODES,
     RESOURCE_NAME_PATTERN,
@@ -228,6 +232,13 @@ def parse_model_deployment(obj: Any) -> ModelDeploymentSpec:
             " use hpa or knative",
         )
     mode = read_enum(spec["mode"], "spec.mode", Mode)
+    if len(name) > NAME_MAX_BY_MODE[mode]:
+        raise SpecError(
+            "metadata.name",
+            name,
+            f"must be at most {NAME_MAX_BY_MODE[mode]} characters in mode {mode} (KServe and"
+            f" Knative derive longer names and labels from it)",
+        )
     model = parse_model(spec.get("model"))
     if not model.name:
         model = replace(model, name=name)  # KServe serves the model under the ISVC name
@@ -251,9 +262,28 @@ def parse_model_deployment(obj: Any) -> ModelDeploymentSpec:
     if "scaling" not in spec:
         raise SpecError("spec.scaling", None, "is required (at least maxReplicas)")
     scaling = parse_scaling(spec["scaling"], mode, model.kind, name=name, namespace=namespace)
+    if names is DeploymentModeNames.LEGACY and mode is Mode.HPA:
+        _check_legacy_hpa(spec["scaling"], scaling)
+    knative = scaling.knative
+    if mode is Mode.KNATIVE and knative.initial_scale == 0 and not knative.allow_zero_initial_scale:
+        # Knative's annotation validation: the revision would be refused after the fact.
+        raise SpecError(
+            "spec.scaling.knative.initialScale",
+            0,
+            "Knative refuses initial-scale 0 unless the cluster's config-autoscaler sets"
+            " allow-zero-initial-scale: true (the default is false); say so with"
+            " allowZeroInitialScale: true",
+        )
     timeout = None
     if spec.get("timeoutSeconds") is not None:
         timeout = read_number(spec["timeoutSeconds"], "spec.timeoutSeconds", "timeoutSeconds")
+        if mode is Mode.KNATIVE and timeout > KNATIVE_TIMEOUT_MAX:
+            raise SpecError(
+                "spec.timeoutSeconds",
+                timeout,
+                f"must be <= {KNATIVE_TIMEOUT_MAX} in mode knative (Knative's default"
+                " max-revision-timeout-seconds)",
+            )
     return ModelDeploymentSpec(
         name=name,
         namespace=namespace,
@@ -264,3 +294,24 @@ def parse_model_deployment(obj: Any) -> ModelDeploymentSpec:
         scaling=scaling,
         timeout_s=timeout,
     )
+
+
+def _check_legacy_hpa(raw: Any, scaling: Scaling) -> None:
+    """KServe <= 0.15 builds its HPA without ``behavior``: refuse windows it would ignore.
+
+    With the current names the operator owns the HPA and sets the behaviour itself
+    (``inferenceservice.build_horizontal_pod_autoscaler``); KEDA (metric prometheus)
+    honours it in every version.
+    """
+    if scaling.metric not in PERCENT_METRICS:
+        return
+    given = read_mapping(read_mapping(raw, "spec.scaling").get("hpa"), "spec.scaling.hpa")
+    for key, default in HPA_DEFAULT_STABILIZATION.items():
+        if given.get(key) is not None and given[key] != default:
+            raise SpecError(
+                f"spec.scaling.hpa.{key}",
+                given[key],
+                f"is ignored by the hpa autoscaler of KServe <= 0.15 (deploymentModeNames"
+                f" legacy), which always runs Kubernetes' default {default}; leave it at"
+                f" {default} or use deploymentModeNames current",
+            )

@@ -1,8 +1,9 @@
 """ModelDeployment status as pure functions of what the operator saw.
 
 The status carries a ``phase`` for humans and printer columns, a ``Ready`` condition
-(status, reason, message, lastTransitionTime) for tools (``kubectl wait``), and what
-it mirrors from the InferenceService: its name, URL and ready replicas.
+(status, reason, message, lastTransitionTime) for tools (``kubectl wait``), what it
+mirrors from the InferenceService (its name and URL), and the ready predictor pods read
+from the Deployments that run them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import datetime
 from typing import Any
 
 from kservebench.errors import SpecError
+from kservebench.operator.inferenceservice import OWNER_LABEL
 
 # phase -> what it means
 PHASES = {
@@ -83,11 +85,11 @@ def status_from_inference_service(
         reason = isvc_ready.get("reason") or "InferenceServiceNotReady"
         message = isvc_ready.get("message") or f"InferenceService {name} is not ready"
     conditions = (previous or {}).get("conditions")
+    # readyReplicas is not mirrored from here: see ready_replicas().
     return {
         "phase": phase,
         "inferenceService": name,
         "url": _url(isvc_status),
-        "readyReplicas": ready_replicas(isvc_status),
         "conditions": [ready_condition(conditions, status, reason, message, now)],
     }
 
@@ -100,11 +102,25 @@ def _url(isvc_status: dict[str, Any]) -> str | None:
     return url or None
 
 
-def ready_replicas(isvc_status: dict[str, Any]) -> int:
-    """Ready copies of the predictor as KServe reports them (total - failed)."""
-    copies = (isvc_status.get("modelStatus") or {}).get("copies") or {}
-    total = int(copies.get("totalCopies") or 0)
-    return max(0, total - int(copies.get("failedCopies") or 0))
+# KServe's label on every pod-owning object of an InferenceService; with our owner label
+# it picks the predictor Deployments (KServe's in Standard mode, one per Knative revision).
+ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
+
+
+def ready_replicas(deployments: list[dict[str, Any]], owner: str) -> int:
+    """Ready predictor pods now: the Deployments' own ``status.readyReplicas``, summed.
+
+    Not KServe's ``modelStatus.copies``: KServe recomputes it only when it reconciles the
+    InferenceService, which scaling does not trigger in Knative mode (kserve v0.16.0), so
+    it goes stale after autoscaling or scale to zero. An old Knative revision still
+    draining counts while its pods are ready.
+    """
+    total = 0
+    for deployment in deployments:
+        labels = (deployment.get("metadata") or {}).get("labels") or {}
+        if labels.get(OWNER_LABEL) == owner and ISVC_POD_LABEL in labels:
+            total += int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    return total
 
 
 def status_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:

@@ -90,8 +90,11 @@ DEFAULT_TARGET = {
     Metric.CONCURRENCY: 100,
     Metric.RPS: 200,
 }
+# KServe's KEDA trigger carries only a threshold, so KEDA compares the query with it as an
+# AverageValue: desired = ceil(query / threshold). The query must therefore be the total
+# over the replicas (a sum), not a per-replica average, or it scales down under load.
 DEFAULT_LLM_QUERY = (
-    'avg(vllm:num_requests_waiting{{namespace="{namespace}",pod=~"{name}-predictor-.*"}})'
+    'sum(vllm:num_requests_waiting{{namespace="{namespace}",pod=~"{name}-predictor-.*"}})'
 )
 DEFAULT_PROMETHEUS_ADDRESS = "http://monitoring-kube-prometheus-prometheus.monitoring.svc:9090"
 
@@ -99,6 +102,13 @@ STORAGE_SCHEMES = ("gs", "s3", "pvc", "file", "http", "https", "hf", "oci")
 STORAGE_URI_PATTERN = r"^(gs|s3|pvc|file|https?|hf|oci)://.+$"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # what KServe accepts as an ISVC name
 NAME_MAX = 63
+# Longest name each mode survives (KServe 0.16 checks only the pattern): Standard labels
+# the pods `app: isvc.<name>-predictor`, a label value of at most 63 characters; Knative
+# names the Service `<name>-predictor`, whose host name label is at most 63 characters.
+NAME_MAX_BY_MODE = {Mode.HPA: 63 - len("isvc.-predictor"), Mode.KNATIVE: 63 - len("-predictor")}
+# Knative's config-defaults max-revision-timeout-seconds (600): KServe copies `timeout`
+# into the revision's timeoutSeconds, and Knative refuses a longer one.
+KNATIVE_TIMEOUT_MAX = 600
 RUNTIME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # The Kubernetes quantity grammar (as in every generated CRD).
 QUANTITY_PATTERN = (
@@ -108,6 +118,13 @@ QUANTITY_PATTERN = (
 RESOURCE_NAME_PATTERN = r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 GPU_RESOURCE = "nvidia.com/gpu"
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+
+# The HPA behaviour Kubernetes applies when none is given: what an autoscaler that ignores
+# ``autoScaling.behavior`` (KServe <= 0.15's hpa class) really runs with.
+HPA_DEFAULT_STABILIZATION = {
+    "scaleUpStabilizationSeconds": 0,
+    "scaleDownStabilizationSeconds": 300,
+}
 
 # Bounds shared with the CRD schema: field -> (minimum, maximum); None = unbounded.
 BOUNDS: dict[str, tuple[float | None, float | None]] = {

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kservebench.errors import SpecError
-from kservebench.operator.crd import CEL_RULES, generate_crd
+from kservebench.operator.crd import CEL_RULES, ROOT_CEL_RULES, generate_crd
 from kservebench.operator.spec import parse_model_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,19 @@ CEL_CASES = {
     ],
     ".model.protocol": [_edit("xgboost-hpa", lambda s: s["model"].update(protocol="openai"))],
     ".model.llm": [_edit("xgboost-hpa", lambda s: s["model"].update(llm={"gpus": 1}))],
+    # Knative 1.18 refuses these at the revision (max-revision-timeout-seconds 600,
+    # allow-zero-initial-scale false, target-burst-capacity >= 0 or -1).
+    ".timeoutSeconds": [_edit("llm-knative", lambda s: s.update(timeoutSeconds=601))],
+    ".scaling.knative.initialScale": [
+        _edit("sklearn-knative", lambda s: s["scaling"]["knative"].update(initialScale=0))
+    ],
+    ".scaling.knative.targetBurstCapacity": [
+        _edit("sklearn-knative", lambda s: s["scaling"]["knative"].update(targetBurstCapacity=-0.5))
+    ],
+    # KServe <= 0.15's hpa class ignores behaviour: only its defaults are honest there.
+    ".scaling.hpa": [
+        _edit("xgboost-hpa", lambda s: s.update(kserve={"deploymentModeNames": "legacy"}))
+    ],
 }
 
 
@@ -159,6 +172,58 @@ def test_cel_rules_and_python_validation_refuse_the_same_specs(path, obj):
     assert caught.value.field.startswith("spec" + path)
 
 
+def test_cel_rules_accept_the_edge_values_knative_accepts():
+    celpy, programs = _cel_programs()
+    fine = [
+        _edit("llm-knative", lambda s: s.update(timeoutSeconds=600)),
+        _edit("llm-hpa", lambda s: s.update(timeoutSeconds=3600)),
+        _edit("sklearn-knative", lambda s: s["scaling"]["knative"].update(targetBurstCapacity=-1)),
+        _edit("sklearn-knative", lambda s: s["scaling"]["knative"].update(targetBurstCapacity=0.5)),
+        _edit("sklearn-knative", lambda s: s["scaling"]["knative"].update(
+            initialScale=0, allowZeroInitialScale=True)),
+        _edit("sklearn-hpa", lambda s: s.update(kserve={"deploymentModeNames": "legacy"})),
+        _edit("llm-hpa", lambda s: s.update(kserve={"deploymentModeNames": "legacy"})),
+    ]  # fmt: skip
+    for obj in fine:
+        assert schema_errors(obj) == []
+        spec = celpy.json_to_cel(obj["spec"])
+        for program, rule, _ in programs:
+            assert program.evaluate({"self": spec}), (rule, obj["spec"])
+        parse_model_deployment(obj)
+
+
+def _named(name, length):
+    obj = copy.deepcopy(sample(name))
+    obj["metadata"]["name"] = "m" * length
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("obj", "refused"),
+    [(_named("sklearn-hpa", 48), False), (_named("xgboost-hpa", 49), True),
+     (_named("sklearn-knative", 53), False), (_named("llm-knative", 54), True)],
+)  # fmt: skip
+def test_root_cel_rules_bound_the_name_per_mode_as_python_does(obj, refused):
+    celpy = pytest.importorskip("celpy")
+    env = celpy.Environment()
+    whole = celpy.json_to_cel(obj)
+    failed = [
+        rule for rule, _ in ROOT_CEL_RULES
+        if not env.program(env.compile(rule)).evaluate({"self": whole})
+    ]  # fmt: skip
+    assert bool(failed) == refused, failed
+    if refused:
+        with pytest.raises(SpecError) as caught:
+            parse_model_deployment(obj)
+        assert caught.value.field == "metadata.name"
+    else:
+        parse_model_deployment(obj)
+    [version] = generate_crd()["spec"]["versions"]
+    root = version["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+    assert [r["rule"] for r in root] == [rule for rule, _ in ROOT_CEL_RULES]
+    assert all("fieldPath" not in r for r in root)  # metadata.name is not in the schema
+
+
 def test_kustomization_lists_every_crd_rbac_and_operator_file():
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
@@ -192,6 +257,32 @@ def test_rbac_is_least_privilege():
     assert "delete" not in grants[("kservebench.dev", "modeldeployments")]
     assert grants[("kservebench.dev", "modeldeployments/status")] == {"get", "patch"}
     assert grants[("", "events")] == {"create"}
+    # The HPA the operator owns in mode hpa; the predictor Deployments it only reads.
+    assert grants[("autoscaling", "horizontalpodautoscalers")] == {
+        "get", "list", "watch", "create", "patch", "delete"}  # fmt: skip
+    assert grants[("apps", "deployments")] == {"list", "watch"}
+
+
+@pytest.mark.parametrize(
+    ("role", "owner"), [("modeldeployments", "modeldeployments"), ("benchmarks", "benchmarks")]
+)
+def test_rbac_lets_kopf_adopt_block_owner_deletion(role, owner):
+    # kopf.adopt() sets blockOwnerDeletion: true; the OwnerReferencesPermissionEnforcement
+    # admission plugin then wants update on the owner's finalizers.
+    [cluster_role] = [d for d in _rbac_documents() if d["kind"] == "ClusterRole"
+                      and d["metadata"]["name"].endswith(role)]  # fmt: skip
+    grants = {(g, r): set(rule["verbs"]) for rule in cluster_role["rules"]
+              for g in rule["apiGroups"] for r in rule["resources"]}  # fmt: skip
+    assert "update" in grants[("kservebench.dev", f"{owner}/finalizers")]
+
+
+def test_the_benchmark_role_reads_pods_only_to_list_them():
+    [cluster_role] = [d for d in _rbac_documents() if d["kind"] == "ClusterRole"
+                      and d["metadata"]["name"].endswith("benchmarks")]  # fmt: skip
+    grants = {(g, r): set(rule["verbs"]) for rule in cluster_role["rules"]
+              for g in rule["apiGroups"] for r in rule["resources"]}  # fmt: skip
+    assert grants[("", "pods")] == {"list"}  # termination messages; no exec, no logs
+    assert grants[("networking.k8s.io", "networkpolicies")] == {"create"}
 
 
 def test_the_operator_deployment_runs_unprivileged_as_our_service_account():
@@ -228,3 +319,42 @@ def test_one_sample_per_kind_and_mode():
     for name in SAMPLE_NAMES:
         obj = sample(name)
         assert obj["kind"] == "ModelDeployment" and obj["metadata"]["name"] == name
+
+
+def _samples_of(kind):
+    docs = [d for p in sorted(SAMPLES.glob("*.yaml")) for d in load_all(p.relative_to(MANIFESTS))]
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_benchmark_samples_target_what_the_samples_deploy():
+    from kservebench.models import CATALOG
+
+    served = {}
+    for obj in _samples_of("ModelDeployment"):
+        spec = parse_model_deployment(obj)
+        served[(spec.namespace, f"{spec.name}-predictor")] = spec
+    claims = {(c["metadata"]["namespace"], c["metadata"]["name"])
+              for c in _samples_of("PersistentVolumeClaim")}  # fmt: skip
+    benchmarks = _samples_of("Benchmark")
+    assert len(benchmarks) >= 2
+    for bench in benchmarks:
+        namespace, target = bench["metadata"]["namespace"], bench["spec"]["target"]
+        host = target["url"].split("//", 1)[1].split("/", 1)[0]
+        service, service_namespace = host.split(".")[:2]
+        assert service_namespace == namespace, host  # a Service in the Benchmark's namespace
+        spec = served.get((namespace, service))
+        assert spec is not None, f"{bench['metadata']['name']}: no sample serves {host}"
+        assert target["model"] == spec.model.name  # the name in the request path
+        assert target.get("protocol", "v1") == spec.model.protocol.value
+        assert target["model"] in CATALOG  # loadgen has sample rows for it
+        if "resultsClaim" in bench["spec"]:
+            assert (namespace, bench["spec"]["resultsClaim"]) in claims
+
+
+def test_the_results_reader_mounts_the_results_claim_read_only():
+    [reader] = _samples_of("Pod")
+    [claim] = _samples_of("PersistentVolumeClaim")
+    [volume] = reader["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"],
+                                               "readOnly": True}  # fmt: skip
+    assert reader["metadata"]["namespace"] == claim["metadata"]["namespace"]

@@ -82,7 +82,7 @@ def test_status_mirrors_the_inference_service():
     isvc = {"metadata": {"name": "m"}, "status": {}}
     pending = status.status_from_inference_service(isvc, None, NOW)
     assert (pending["phase"], pending["conditions"][0]["status"]) == ("Pending", "Unknown")
-    assert pending["readyReplicas"] == 0 and pending["url"] is None
+    assert pending["url"] is None
 
     isvc["status"] = {
         "conditions": [{"type": "Ready", "status": "True"}],
@@ -90,11 +90,9 @@ def test_status_mirrors_the_inference_service():
         "modelStatus": {"copies": {"totalCopies": 3, "failedCopies": 1}},
     }
     ready = status.status_from_inference_service(isvc, pending, LATER)
-    assert (ready["phase"], ready["url"], ready["readyReplicas"]) == (
-        "Ready",
-        "http://m-predictor.ns",
-        2,
-    )
+    assert (ready["phase"], ready["url"]) == ("Ready", "http://m-predictor.ns")
+    # KServe's copies go stale in Knative mode: ready replicas come from the Deployments.
+    assert "readyReplicas" not in ready
     assert ready["conditions"][0]["lastTransitionTime"] == LATER
     again = status.status_from_inference_service(isvc, ready, "2026-01-02T00:00:00Z")
     assert again["conditions"][0]["lastTransitionTime"] == LATER  # no transition, same time
@@ -110,3 +108,32 @@ def test_invalid_status_names_the_field_and_keeps_what_runs():
     condition = invalid["conditions"][0]
     assert (condition["status"], condition["reason"]) == ("False", "InvalidSpec")
     assert "spec.scaling.maxReplicas" in condition["message"] and "2" in condition["message"]
+
+
+def test_ready_replicas_sum_the_owners_predictor_deployments():
+    def deployment(owner, ready, kserve=True):
+        labels = {"kservebench.dev/model-deployment": owner}
+        if kserve:
+            labels["serving.kserve.io/inferenceservice"] = owner
+        return {"metadata": {"labels": labels}, "status": {"readyReplicas": ready}}
+
+    deployments = [
+        deployment("m", 2),  # the current Knative revision
+        deployment("m", 1),  # the previous one, still draining
+        deployment("m", None),  # scaled to zero: Kubernetes omits the field
+        deployment("other", 5),
+        deployment("m", 9, kserve=False),  # carries our label, but KServe did not make it
+    ]
+    assert status.ready_replicas(deployments, "m") == 3
+    assert status.ready_replicas([], "m") == 0
+
+
+def test_legacy_names_are_refused_once_kserve_shows_its_016_names():
+    desired = {"metadata": {"annotations": {DEPLOYMENT_MODE_ANNOTATION: "Serverless"}}}
+    on_015 = {**desired, "status": {"deploymentMode": "Serverless"}}
+    on_016 = {**desired, "status": {"deploymentMode": "Knative"}}
+    assert plan(on_015, with_last_applied(desired)).kind != "refuse"
+    refused = plan(on_016, with_last_applied(desired))
+    assert refused.kind == "refuse" and "0.16" in refused.reason
+    current = {"metadata": {"annotations": {DEPLOYMENT_MODE_ANNOTATION: "Knative"}}}
+    assert plan(on_016, with_last_applied(current)).kind != "refuse"

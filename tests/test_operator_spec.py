@@ -127,6 +127,17 @@ BAD = [
      "spec.resources.limits.nvidia.com/gpu", "2"),
     ("sklearn-hpa", lambda s: s["kserve"].update(deploymentModeNames="v015"),
      "spec.kserve.deploymentModeNames", "v015"),
+    # What Knative 1.18 refuses by default, refused before it reaches the cluster.
+    ("llm-knative", lambda s: s.update(timeoutSeconds=601), "spec.timeoutSeconds", "601"),
+    ("sklearn-knative", lambda s: s["scaling"]["knative"].update(initialScale=0),
+     "spec.scaling.knative.initialScale", "0"),
+    ("sklearn-knative", lambda s: s["scaling"]["knative"].update(targetBurstCapacity=-0.5),
+     "spec.scaling.knative.targetBurstCapacity", "-0.5"),
+    ("sklearn-knative", lambda s: s["scaling"]["knative"].update(allowZeroInitialScale="yes"),
+     "spec.scaling.knative.allowZeroInitialScale", "yes"),
+    # KServe <= 0.15 ignores HPA behaviour; only the defaults are honest there.
+    ("xgboost-hpa", lambda s: s.update(kserve={"deploymentModeNames": "legacy"}),
+     "spec.scaling.hpa.scaleDownStabilizationSeconds", "120"),
 ]  # fmt: skip
 
 
@@ -144,3 +155,55 @@ def test_metadata_name_must_suit_kserve():
     with pytest.raises(SpecError) as caught:
         parse_model_deployment(obj)
     assert caught.value.field == "metadata.name"
+
+
+def test_knative_bounds_accept_what_knative_accepts():
+    ok = [
+        edited("llm-knative", lambda s: s.update(timeoutSeconds=600)),
+        edited("llm-hpa", lambda s: s.update(timeoutSeconds=3600)),  # no Knative limit there
+        edited("sklearn-knative", lambda s: s["scaling"]["knative"].update(targetBurstCapacity=-1)),
+        edited("sklearn-knative", lambda s: s["scaling"]["knative"].update(targetBurstCapacity=0)),
+        edited(
+            "sklearn-knative",
+            lambda s: s["scaling"]["knative"].update(initialScale=0, allowZeroInitialScale=True),
+        ),
+    ]
+    for obj in ok:
+        parse_model_deployment(obj)
+    spec = parse_model_deployment(ok[-1])
+    assert (spec.scaling.knative.initial_scale, spec.scaling.knative.allow_zero_initial_scale) == (
+        0,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "length", "accepted"),
+    [
+        # Standard: pods get the label app=isvc.<name>-predictor (<= 63 characters).
+        ("sklearn-hpa", 48, True),
+        ("sklearn-hpa", 49, False),
+        # Knative: the Service <name>-predictor is a host name label (<= 63 characters).
+        ("sklearn-knative", 53, True),
+        ("sklearn-knative", 54, False),
+    ],
+)
+def test_name_length_per_mode(name, length, accepted):
+    obj = sample(name)
+    obj["metadata"]["name"] = "m" + "x" * (length - 1)
+    if accepted:
+        parse_model_deployment(obj)
+        return
+    with pytest.raises(SpecError) as caught:
+        parse_model_deployment(obj)
+    assert caught.value.field == "metadata.name"
+    assert "at most" in str(caught.value)
+
+
+def test_initial_scale_zero_is_a_cluster_question_not_a_scaling_one():
+    # The local target and the simulator run initialScale 0 as given; a ModelDeployment in
+    # mode knative needs the cluster's allow-zero-initial-scale to be said.
+    block = {"maxReplicas": 2, "knative": {"initialScale": 0}}
+    assert parse_scaling(block, "knative").knative.initial_scale == 0
+    hpa = edited("sklearn-hpa", lambda s: s["scaling"].update(knative={"initialScale": 0}))
+    assert parse_model_deployment(hpa).scaling.knative.initial_scale == 0  # unused in hpa

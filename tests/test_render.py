@@ -1,7 +1,8 @@
-"""spec -> InferenceService: strict against the KServe SDK, right fields for each mode,
-and the ``kservebench render`` command as a user runs it."""
+"""spec -> InferenceService (+ the operator's HPA): strict against the KServe SDK, right
+fields for each mode, and the ``kservebench render`` command as a user runs it."""
 
 import copy
+import math
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from kservebench.operator.inferenceservice import (
     DEPLOYMENT_MODE_ANNOTATION,
     KNATIVE_PREFIX,
     OWNER_LABEL,
+    PROMETHEUS_SCRAPING_ANNOTATION,
+    build_horizontal_pod_autoscaler,
     build_inference_service,
     mode_of,
 )
@@ -30,13 +33,17 @@ def sample(name):
     return yaml.safe_load((SAMPLES / f"{name}.yaml").read_text())
 
 
-def render(name, **changes):
+def parsed(name, **changes):
     spec = parse_model_deployment(sample(name))
     if changes:
         from dataclasses import replace
 
         spec = replace(spec, **changes)
-    return build_inference_service(spec)
+    return spec
+
+
+def render(name, **changes):
+    return build_inference_service(parsed(name, **changes))
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
@@ -48,7 +55,6 @@ def test_every_sample_renders_a_strictly_valid_inference_service(name):
     predictor = isvc["spec"]["predictor"]
     model = predictor["model"]
     assert isvc["metadata"]["labels"][OWNER_LABEL] == name
-    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
     assert annotations["prometheus.kserve.io/port"] == "8080"
     assert annotations["prometheus.kserve.io/path"] == "/metrics"
     # Utilization is relative to requests; an unset maximum means no scaling at all.
@@ -60,7 +66,9 @@ def test_every_sample_renders_a_strictly_valid_inference_service(name):
         assert annotations[DEPLOYMENT_MODE_ANNOTATION] == "Standard"
         assert predictor["minReplicas"] >= 1
         assert not any(key.startswith(KNATIVE_PREFIX) for key in annotations)
-        behavior = predictor["autoScaling"]["behavior"]
+        # Whoever scales (our HPA, or KEDA for the LLM) carries the spec's behaviour.
+        hpa = build_horizontal_pod_autoscaler(parsed(name))
+        behavior = (hpa["spec"] if hpa else predictor["autoScaling"])["behavior"]
         assert {"scaleUp", "scaleDown"} <= set(behavior)
     else:
         assert annotations[DEPLOYMENT_MODE_ANNOTATION] == "Knative"
@@ -75,17 +83,32 @@ def test_every_sample_renders_a_strictly_valid_inference_service(name):
         assert "autoScaling" not in predictor  # HPA-only settings never leak into Knative
 
 
-def test_cpu_hpa_uses_the_hpa_class_and_a_resource_metric():
-    predictor = render("sklearn-hpa")["spec"]["predictor"]
-    assert render("sklearn-hpa")["metadata"]["annotations"][AUTOSCALER_CLASS_ANNOTATION] == "hpa"
-    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("cpu", 80)
-    # KServe reads autoScaling.metrics when autoScaling is set: it must say the same.
-    [metric] = predictor["autoScaling"]["metrics"]
-    assert metric["resource"] == {
-        "name": "cpu",
-        "target": {"type": "Utilization", "averageUtilization": 80},
+def test_cpu_hpa_is_an_hpa_of_our_own_that_carries_the_behaviour():
+    # KServe 0.16's hpa class builds its HPA with an empty behavior: the windows would be
+    # lost. Class external: KServe makes no HPA and leaves the replicas to ours.
+    isvc = render("xgboost-hpa")
+    predictor = isvc["spec"]["predictor"]
+    assert isvc["metadata"]["annotations"][AUTOSCALER_CLASS_ANNOTATION] == "external"
+    assert not {"scaleMetric", "scaleTarget", "autoScaling"} & set(predictor)
+    hpa = build_horizontal_pod_autoscaler(parsed("xgboost-hpa"))
+    assert (hpa["apiVersion"], hpa["kind"]) == ("autoscaling/v2", "HorizontalPodAutoscaler")
+    assert hpa["metadata"]["name"] == "xgboost-hpa-predictor-hpa"  # not KServe's name
+    assert hpa["metadata"]["labels"][OWNER_LABEL] == "xgboost-hpa"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "xgboost-hpa-predictor",
+    }  # fmt: skip
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 8)
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]  # fmt: skip
+    assert hpa["spec"]["behavior"] == {
+        "scaleUp": {"stabilizationWindowSeconds": 0},
+        "scaleDown": {"stabilizationWindowSeconds": 120},  # the sample's, not 300
     }
-    assert predictor["autoScaling"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+@pytest.mark.parametrize("name", ["sklearn-knative", "llm-hpa", "llm-knative"])
+def test_no_hpa_of_ours_where_knative_or_keda_scales(name):
+    assert build_horizontal_pod_autoscaler(parsed(name)) is None
 
 
 def test_llm_hpa_scales_with_keda_on_the_vllm_queue():
@@ -97,7 +120,42 @@ def test_llm_hpa_scales_with_keda_on_the_vllm_queue():
     assert metric["type"] == "External"
     assert metric["external"]["metric"]["backend"] == "prometheus"
     assert "vllm:num_requests_waiting" in metric["external"]["metric"]["query"]
-    assert metric["external"]["target"] == {"type": "Value", "value": "5"}
+    # KServe passes only `value` on (as KEDA's threshold); KEDA applies it as AverageValue.
+    assert metric["external"]["target"] == {
+        "type": "AverageValue", "averageValue": "5", "value": "5"}  # fmt: skip
+    # KEDA's path honours the behaviour (kserve v0.16.0 keda_reconciler.go).
+    assert predictor["autoScaling"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def keda_desired_replicas(query, threshold, waiting_per_replica):
+    """What the HPA behind KEDA decides for an AverageValue trigger: ceil(metric /
+    threshold), the metric being the query evaluated over the replicas' gauges."""
+    aggregate = {"sum": sum, "avg": lambda v: sum(v) / len(v)}[query.split("(", 1)[0]]
+    return math.ceil(aggregate(waiting_per_replica) / threshold)
+
+
+@pytest.mark.parametrize("name", ["llm-hpa", "llm-hpa-default-query"])
+def test_the_keda_query_is_a_total_so_more_waiting_requests_mean_more_replicas(name):
+    obj = sample("llm-hpa")
+    if name.endswith("default-query"):
+        del obj["spec"]["scaling"]["prometheus"]  # the operator's DEFAULT_LLM_QUERY
+    [metric] = build_inference_service(parse_model_deployment(obj))["spec"]["predictor"][
+        "autoScaling"]["metrics"]  # fmt: skip
+    query, threshold = (
+        metric["external"]["metric"]["query"],
+        int(metric["external"]["target"]["value"]),
+    )
+    # Four replicas, ten waiting requests each: eight are needed, never fewer than four.
+    assert keda_desired_replicas(query, threshold, [10, 10, 10, 10]) == 8
+    assert keda_desired_replicas(query, threshold, [0, 0, 0, 0]) == 0
+
+
+def test_prometheus_scraping_flag_only_where_its_port_exists():
+    # KServe's flag sets prometheus.io/port 9091: the queue-proxy's, absent in Standard.
+    standard = render("sklearn-hpa")["metadata"]["annotations"]
+    knative = render("sklearn-knative")["metadata"]["annotations"]
+    assert standard[PROMETHEUS_SCRAPING_ANNOTATION] == "false"
+    assert knative[PROMETHEUS_SCRAPING_ANNOTATION] == "true"
 
 
 @pytest.mark.parametrize("name", ["llm-hpa", "llm-knative"])
@@ -126,6 +184,30 @@ def test_legacy_deployment_mode_names():
     assert knative["metadata"]["annotations"][DEPLOYMENT_MODE_ANNOTATION] == "Serverless"
     # Either spelling reads back as the same mode (mode changes are detected on both).
     assert (mode_of(hpa), mode_of(knative)) == (Mode.HPA, Mode.KNATIVE)
+    # KServe <= 0.15 pins an external-class Deployment's replicas: its own hpa class
+    # scales there, with the default behaviour (the only one it runs).
+    predictor = hpa["spec"]["predictor"]
+    assert hpa["metadata"]["annotations"][AUTOSCALER_CLASS_ANNOTATION] == "hpa"
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("cpu", 80)
+    assert "autoScaling" not in predictor
+    assert (
+        build_horizontal_pod_autoscaler(parsed("sklearn-hpa", deployment_mode_names=legacy)) is None
+    )
+
+
+def test_legacy_names_refuse_hpa_behaviour_kserve_would_ignore():
+    obj = sample("xgboost-hpa")  # scaleDownStabilizationSeconds: 120
+    obj["spec"]["kserve"] = {"deploymentModeNames": "legacy"}
+    with pytest.raises(SpecError) as caught:
+        parse_model_deployment(obj)
+    assert caught.value.field == "spec.scaling.hpa.scaleDownStabilizationSeconds"
+    assert "ignored" in str(caught.value) and "300" in str(caught.value)
+    obj["spec"]["scaling"]["hpa"] = {"scaleDownStabilizationSeconds": 300}
+    parse_model_deployment(obj)  # the default is what runs: fine
+    obj["spec"]["scaling"].update(metric="memory")
+    obj["spec"]["scaling"]["hpa"] = {"scaleUpStabilizationSeconds": 30}
+    with pytest.raises(SpecError):
+        parse_model_deployment(obj)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +225,7 @@ def test_legacy_deployment_mode_names():
     ],
 )  # fmt: skip
 def test_the_sdk_validator_refuses_unknown_fields_and_wrong_types(edit, field):
-    manifest = copy.deepcopy(render("sklearn-hpa"))
+    manifest = copy.deepcopy(render("llm-hpa"))
     edit(manifest)
     with pytest.raises(SpecError) as caught:
         validate_inference_service(manifest)
@@ -170,12 +252,15 @@ def test_render_command_on_the_acceptance_samples(tmp_path):
     path.write_text("---\n".join((SAMPLES / f"{n}.yaml").read_text() for n in names))
     out = run_render(str(path))
     assert out.returncode == 0, out.stderr
-    sklearn, xgboost, llm = out.stdout.split("---\n")
+    # sklearn-hpa: its InferenceService and the HPA the operator owns beside it.
+    sklearn, sklearn_hpa, xgboost, llm = out.stdout.split("---\n")
 
     assert "serving.kserve.io/deploymentMode: Standard" in sklearn
-    assert "serving.kserve.io/autoscalerClass: hpa" in sklearn
-    assert "scaleMetric: cpu" in sklearn and "maxReplicas: 5" in sklearn
+    assert "serving.kserve.io/autoscalerClass: external" in sklearn
+    assert "maxReplicas: 5" in sklearn
     assert yaml.safe_load(sklearn)["spec"]["predictor"]["model"]["resources"]["requests"]["cpu"]
+    hpa = yaml.safe_load(sklearn_hpa)
+    assert hpa["kind"] == "HorizontalPodAutoscaler" and hpa["spec"]["maxReplicas"] == 5
 
     assert "serving.kserve.io/deploymentMode: Knative" in xgboost
     assert "minReplicas: 0" in xgboost and "scaleMetric: concurrency" in xgboost
