@@ -6,27 +6,64 @@ it into an InferenceService in the experiment's mode), waits until its status sa
 
 - ``--url-template`` when given (e.g. ``http://{name}.{namespace}.example.com``);
 - knative mode: the InferenceService's URL (``make cluster`` makes it resolve to the
-  kind node, so requests go through Kourier and the activator, cold starts included);
-- hpa mode: a ``kubectl port-forward`` to the predictor Service.
+  kind node), so requests go through Kourier's Envoy and the activator, cold starts
+  included;
+- hpa mode: the bench's balancer, an Envoy Deployment of its own in the namespace that
+  sends each request over a new connection to the predictor Service, so that kube-proxy
+  picks a ready pod for every request; ``make cluster`` maps its node port to
+  127.0.0.1:8081, so a model is at ``http://127.0.0.1:8081/<model>``.
+
+Why not the Service straight from here: ``kubectl port-forward svc/...`` tunnels to one
+pod only, and kube-proxy balances connections, not requests, while the load generator keeps
+its connections open; either way the pods the HPA adds would get little or no traffic. An
+Envoy in front of each mode (Kourier in knative mode, ours in hpa mode) also keeps the two
+paths alike. docs/cluster.md explains the choice and its limits.
 
 Series come from the cluster's Prometheus (``--prometheus-url``). Building the
-ModelDeployments is a pure function (``model_deployments``), tested without a cluster.
+ModelDeployments, the balancer's objects and the traffic URLs are pure functions, tested
+without a cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kservebench.bench.spec import Experiment, ModelRef
+from kservebench.errors import SpecError
 from kservebench.operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
-from kservebench.procs import ManagedProcess, free_port, http_ok, wait_until
+from kservebench.procs import http_ok, wait_until
 
 READY_TIMEOUT_S = 600.0  # image pulls on a fresh kind node take minutes
 POLL_S = 2.0
+
+# The hpa-mode balancer. Its image is the one Kourier 1.18's gateway runs (net-kourier
+# config/300-gateway.yaml), so both modes pass one Envoy of the same build and a kind node
+# that runs Kourier already holds it.
+BALANCER = "kservebench-balancer"
+BALANCER_IMAGE = "docker.io/envoyproxy/envoy:v1.34-latest"
+BALANCER_NODE_PORT = 31081  # manifests/cluster/kind.yaml maps it to 127.0.0.1:8081
+BALANCER_HOST_PORT = 8081
+BALANCER_LISTEN_PORT = 8080
+# Knative's default revision timeout (config-defaults revision-timeout-seconds), which
+# Kourier applies to each route: the same limit on both paths.
+ROUTE_TIMEOUT_S = 300
+# One request per upstream connection: each request opens its own connection to KServe's
+# predictor Service, and kube-proxy picks a ready pod for each connection, so for each
+# request; a pod the HPA adds gets its share as soon as kube-proxy lists it (about 1 s).
+REQUESTS_PER_CONNECTION = 1
+CLUSTER_DOMAIN = "cluster.local"  # kind's (and most clusters') DNS domain
+CONFIG_FILE = "envoy.json"  # JSON is what Envoy reads by this extension
+BALANCER_LABELS = {"app.kubernetes.io/name": BALANCER,
+                   "app.kubernetes.io/managed-by": "kservebench-bench"}  # fmt: skip
 
 
 def model_deployment(
@@ -73,15 +110,170 @@ def model_deployments(
     ]
 
 
+def check_cluster_experiment(experiment: Experiment) -> None:
+    """Refuse what the cluster target cannot run, before anything is applied."""
+    for i, model in enumerate(experiment.models):
+        if model.llm is not None:
+            raise SpecError(
+                f"models[{i}].llm",
+                model.llm.engine,
+                "LLM experiments run on the local target only: the cluster target deploys "
+                "the tabular models. For an LLM on a cluster apply manifests/samples/llm-*.yaml "
+                "on a cluster with a GPU node (NVIDIA device plugin or GPU Operator); kind "
+                "has no GPU (docs/cluster.md)",
+            )
+
+
+# --- traffic path ------------------------------------------------------------------------
+
+
+def balancer_url(model: str, host: str = "127.0.0.1", port: int = BALANCER_HOST_PORT) -> str:
+    """A model behind the balancer: its routes are under ``/<model>/``."""
+    return f"http://{host}:{port}/{model}"
+
+
 def traffic_url(
     mode: str, template: str | None, name: str, namespace: str, status_url: str | None
-) -> str | None:
-    """Where traffic goes from this machine; None: port-forward to the predictor Service."""
+) -> str:
+    """Where traffic goes from this machine, through a path that balances each request."""
     if template:
         return template.format(name=name, namespace=namespace)
-    # Knative's URL goes through the ingress and activator, as real clients do; a
-    # Standard-mode URL names an Ingress that kind does not serve.
-    return status_url if mode == "knative" else None
+    if mode == "knative":
+        # Knative's URL goes through Kourier and the activator, as real clients do.
+        if not status_url:
+            raise RuntimeError(
+                f"ModelDeployment {namespace}/{name} is Ready but has no status.url: "
+                "pass --url-template to say where its InferenceService answers"
+            )
+        return status_url
+    # A Standard-mode URL names an Ingress that kind does not serve; the balancer does.
+    return balancer_url(name)
+
+
+def predictor_host(model: str, namespace: str) -> str:
+    """KServe's Standard-mode Service for the model: port 80 to the model container's
+    8080, over the ready predictor pods (kserve v0.16.0 service_reconciler.go)."""
+    return f"{model}-predictor.{namespace}.svc.{CLUSTER_DOMAIN}"
+
+
+def envoy_config(models: Sequence[str], namespace: str) -> dict[str, Any]:
+    """The balancer's Envoy bootstrap: ``/<model>/...`` -> that model's predictor Service,
+    one request per connection."""
+    any_type = "type.googleapis.com/envoy.extensions."
+    # A pod that went away before kube-proxy dropped it refuses the connection: the
+    # request, never sent, so never run twice, goes out again (kube-proxy picks anew).
+    retry = {"retry_on": "connect-failure,refused-stream", "num_retries": 2}
+    routes = [
+        {"match": {"prefix": f"/{m}/"},
+         "route": {"cluster": m, "prefix_rewrite": "/", "timeout": f"{ROUTE_TIMEOUT_S}s",
+                   "retry_policy": retry}}
+        for m in models
+    ]  # fmt: skip
+    http1 = {
+        "@type": any_type + "upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_requests_per_connection": REQUESTS_PER_CONNECTION},
+        "explicit_http_config": {"http_protocol_options": {}},
+    }
+    clusters = [
+        {"name": m, "type": "STRICT_DNS", "connect_timeout": "2s",
+         "typed_extension_protocol_options": {
+             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http1},
+         "load_assignment": {"cluster_name": m, "endpoints": [{"lb_endpoints": [{"endpoint": {
+             "address": {"socket_address": {"address": predictor_host(m, namespace),
+                                            "port_value": 80}}}}]}]}}
+        for m in models
+    ]  # fmt: skip
+    manager = {
+        "@type": any_type + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench", "codec_type": "AUTO",
+        "route_config": {"name": "models", "virtual_hosts": [
+            {"name": "models", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router",
+                          "typed_config": {"@type": any_type + "filters.http.router.v3.Router"}}],
+    }  # fmt: skip
+    listener = {
+        "name": "bench",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": BALANCER_LISTEN_PORT}},
+        "filter_chains": [{"filters": [
+            {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}],
+    }  # fmt: skip
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+    }
+
+
+def balancer_manifests(
+    models: Sequence[str], namespace: str, experiment: str = ""
+) -> list[dict[str, Any]]:
+    """The balancer's objects: its Envoy config, Deployment and node-port Service."""
+    labels = {
+        **BALANCER_LABELS,
+        **({"kservebench.dev/experiment": experiment} if experiment else {}),
+    }
+    config = json.dumps(envoy_config(models, namespace), indent=2)
+    digest = hashlib.sha256(config.encode()).hexdigest()[:16]
+    meta = {"name": BALANCER, "namespace": namespace, "labels": labels}
+    container = {
+        "name": "envoy", "image": BALANCER_IMAGE, "imagePullPolicy": "IfNotPresent",
+        "command": ["/usr/local/bin/envoy"],
+        "args": ["-c", f"/etc/kservebench/{CONFIG_FILE}", "--disable-hot-restart",
+                 "--log-level", "warn"],
+        "ports": [{"name": "http", "containerPort": BALANCER_LISTEN_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 2},
+        # Kourier's gateway resources, so neither mode's proxy is starved or favoured.
+        "resources": {"requests": {"cpu": "200m", "memory": "200Mi"},
+                      "limits": {"cpu": "1", "memory": "800Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/kservebench", "readOnly": True}],
+    }  # fmt: skip
+    pod_spec = {
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": BALANCER}}],
+    }  # fmt: skip
+    # A new config is a new pod (the annotation changes): Envoy reads its config once.
+    template = {"metadata": {"labels": BALANCER_LABELS,
+                             "annotations": {"kservebench.dev/config-sha256": digest}},
+                "spec": pod_spec}  # fmt: skip
+    selector = {"app.kubernetes.io/name": BALANCER}
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+         "data": {CONFIG_FILE: config}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+         "spec": {"replicas": 1, "selector": {"matchLabels": selector}, "template": template}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+         "spec": {"type": "NodePort", "selector": selector,
+                  "ports": [{"name": "http", "port": 80, "targetPort": "http",
+                             "nodePort": BALANCER_NODE_PORT, "protocol": "TCP"}]}},
+    ]  # fmt: skip
+
+
+KUBECTL_APPLY = ("kubectl", "apply", "-f", "-")
+KUBECTL_DELETE = ("kubectl", "delete", "--ignore-not-found", "--wait=false", "-f", "-")
+
+
+def kubectl_rollout_status(namespace: str, timeout_s: int = 180) -> list[str]:
+    return ["kubectl", "-n", namespace, "rollout", "status", f"deployment/{BALANCER}",
+            f"--timeout={timeout_s}s"]  # fmt: skip
+
+
+def manifests_yaml(documents: Sequence[dict[str, Any]]) -> str:
+    """What ``kubectl apply -f -`` reads: one YAML document per object, no aliases."""
+    return yaml.safe_dump_all(json.loads(json.dumps(list(documents))), sort_keys=False)
+
+
+def _kubectl(argv: Sequence[str], documents: list[dict[str, Any]] | None = None) -> None:
+    text = manifests_yaml(documents) if documents is not None else None
+    try:
+        done = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise RuntimeError(f"{argv[0]} is not on PATH: the hpa-mode balancer needs it") from None
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip() or done.stdout}")
 
 
 class ClusterTarget:
@@ -108,10 +300,21 @@ class ClusterTarget:
         self.url_template = url_template
         self.keep = keep
         self.trained_dir = trained_dir
-        self.manifests = model_deployments(experiment, namespace, storage_uri_prefix, kserve_names)
+        self.tabular = all(m.llm is None for m in experiment.models)
+        self.manifests = (
+            model_deployments(experiment, namespace, storage_uri_prefix, kserve_names)
+            if self.tabular
+            else []
+        )
+        names = [m.name for m in experiment.models]
+        self.balancer = (
+            balancer_manifests(names, namespace, experiment.name)
+            if self.tabular and experiment.mode == "hpa"
+            else []
+        )
         self.urls: dict[str, str] = {}
-        self.forwards: list[ManagedProcess] = []
         self.applied: list[str] = []
+        self.balancer_applied = False
 
     def _call(self, verb: str, *args: Any) -> Any:
         """``<verb>_namespaced_custom_object`` on this namespace's ModelDeployments."""
@@ -124,6 +327,7 @@ class ClusterTarget:
     def start(self, on_step: Callable[[str], None] = lambda text: None) -> None:
         import kubernetes
 
+        check_cluster_experiment(self.experiment)
         kubernetes.config.load_kube_config()
         for manifest in self.manifests:
             name = manifest["metadata"]["name"]
@@ -135,13 +339,37 @@ class ClusterTarget:
                     raise
                 self._call("patch", name, {"spec": manifest["spec"]})
             self.applied.append(name)
+        statuses: dict[str, dict[str, Any]] = {}
         for name in self.applied:
             on_step(f"waiting for ModelDeployment {name} to be Ready")
-            status = self._wait_ready(name)
+            statuses[name] = self._wait_ready(name)
+        if self.balancer:
+            # After Ready: the predictor Services exist, so Envoy resolves them at once.
+            on_step(f"applying the balancer {self.namespace}/{BALANCER} (Envoy)")
+            self.balancer_applied = True
+            _kubectl(KUBECTL_APPLY, self.balancer)
+            _kubectl(kubectl_rollout_status(self.namespace))
+        for name, status in statuses.items():
             url = traffic_url(
                 self.experiment.mode, self.url_template, name, self.namespace, status.get("url")
             )
-            self.urls[name] = url or self._port_forward(name)
+            if self.balancer and not self.url_template:
+                self._wait_balanced(name, url)
+            self.urls[name] = url
+
+    def _wait_balanced(self, name: str, url: str) -> None:
+        # The pods are ready; the first request through may wait for kube-proxy's rules.
+        try:
+            wait_until(lambda: http_ok(f"{url}/v2/health/live"), 60, f"{name} via {url}")
+        except TimeoutError:
+            raise RuntimeError(
+                f"{name} does not answer through the balancer at {url}. On kind the cluster "
+                f"needs manifests/cluster/kind.yaml's mapping of node port {BALANCER_NODE_PORT} "
+                f"to 127.0.0.1:{BALANCER_HOST_PORT} (an older cluster lacks it: recreate it "
+                "with make cluster); elsewhere make svc/kservebench-balancer reachable (e.g. "
+                "kubectl port-forward svc/kservebench-balancer 8081:80, one Envoy pod that "
+                "balances every request) and pass --url-template http://127.0.0.1:8081/{name}"
+            ) from None
 
     def _wait_ready(self, name: str) -> dict[str, Any]:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -157,29 +385,17 @@ class ClusterTarget:
             time.sleep(POLL_S)
         raise TimeoutError(f"ModelDeployment {name} not Ready after {READY_TIMEOUT_S:.0f}s")
 
-    def _port_forward(self, name: str) -> str:
-        port = free_port()
-        forward = ManagedProcess(
-            ["kubectl", "port-forward", "-n", self.namespace, "--address", "127.0.0.1",
-             f"svc/{name}-predictor", f"{port}:80"],
-            self.run_dir / "logs" / f"port-forward-{name}.log",
-        )  # fmt: skip
-        self.forwards.append(forward)
-        forward.start()
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(f"{url}/v2/health/live"), 30, f"port-forward to {name}")
-        return url
-
     def refresh(self) -> None:
         pass  # the cluster's own controllers and Prometheus report replicas
 
     def stop(self) -> None:
-        for forward in self.forwards:
-            forward.stop()
         if self.keep:
             return
-        for name in self.applied:
+        if self.balancer_applied:
             # Already gone, or the cluster went away: nothing left to undo.
+            with contextlib.suppress(Exception):
+                _kubectl(KUBECTL_DELETE, self.balancer)
+        for name in self.applied:
             with contextlib.suppress(Exception):
                 self._call("delete", name)
 
@@ -200,12 +416,19 @@ class ClusterTarget:
 
     def describe(self) -> dict[str, Any]:
         autoscaler = "the HPA" if self.experiment.mode == "hpa" else "the Knative KPA"
+        if self.url_template:
+            path = "--url-template"
+        elif self.experiment.mode == "hpa":
+            path = f"balancer {BALANCER} (Envoy, a connection per request to the Service)"
+        else:
+            path = "InferenceService URL (Kourier, activator when in the path)"
         return {
             "target": self.name,
             "replicas": f"autoscaled by {autoscaler}",
             "cluster": {
                 "namespace": self.namespace,
                 "model_deployments": self.manifests,
+                "traffic_path": path,
                 "urls": self.urls,
                 "prometheus_url": self.prometheus,
             },

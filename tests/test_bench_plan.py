@@ -104,7 +104,8 @@ def test_model_deployments_are_valid_for_the_operator():
 
 def test_traffic_url_by_mode():
     assert traffic_url("knative", None, "m", "ns", "http://m-ns.example") == "http://m-ns.example"
-    assert traffic_url("hpa", None, "m", "ns", "http://m-ns.example") is None  # port-forward
+    # hpa: the bench's balancer (tests/test_bench_cluster.py), never a port-forward
+    assert traffic_url("hpa", None, "m", "ns", "http://m-ns.example") == "http://127.0.0.1:8081/m"
     assert traffic_url("hpa", "http://{name}.{namespace}.lan", "m", "ns", None) == "http://m.ns.lan"
 
 
