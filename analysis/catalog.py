@@ -2,10 +2,34 @@
 
 A family is what the analysis reads (``replicas_ready``, ``predict_seconds_bucket``...);
 its queries are tried in order and the first that returns data wins, so the canonical
-families come out under one name whether kube-state-metrics, Knative (<= 1.18
-OpenCensus names or >= 1.19 OpenTelemetry names), cAdvisor or a local model server's
-own /metrics produced them. Every query adds a ``model`` label (the InferenceService
-name, cut from the deployment/revision/pod name) so stages can join on it.
+families come out under one name whether kube-state-metrics, Knative, cAdvisor or a local
+model server's own /metrics produced them. Every query adds a ``model`` label (the
+InferenceService name, cut from the deployment/revision/pod/HPA name) so stages can join
+on it.
+
+Knative, checked against knative/serving's sources at each tag:
+
+- <= 1.18 (OpenCensus): ``autoscaler_*``, ``activator_*`` and queue-proxy ``revision_*``,
+  all labelled ``namespace_name``/``revision_name``.
+- >= 1.19 (OpenTelemetry): autoscaler and activator export ``kn_revision_*`` with the
+  attributes ``k8s_namespace_name``/``kn_revision_name`` as labels. Queue-proxy keeps
+  namespace and revision in its OTel *resource* (they reach only ``target_info``), so its
+  series are selected by the scrape job's own ``namespace``/``revision`` target labels
+  (manifests/cluster/prometheus-values.yaml, job knative-queue-proxy). Its names changed
+  in patch releases: ``kn_queueproxy_{app_duration_seconds,depth}`` in 1.19.0-1.19.7 and
+  1.20.0, ``kn_serving_{invocation_duration_seconds,queue_depth}`` from 1.19.8, 1.20.1 and
+  1.21.0 on. 1.19.0 and 1.19.1 are refused: they link a retracted OTel Prometheus
+  exporter (v0.59.0) that appends units such as ``{pod}`` to the names as they are.
+- ``kn_revision_pods_count`` / ``autoscaler_actual_pods`` count READY pods. The KPA's
+  ``desired_pods`` is recorded before min/max-scale and the scale-to-zero grace period;
+  ``requested_pods`` (``kn_revision_pods_requested``) is what it asks of Kubernetes after
+  those bounds, the counterpart of the HPA's ``status.desiredReplicas``.
+- The autoscaler exports either the concurrency or the requests-per-second gauges,
+  after the revision's ``metric`` annotation; queue-proxy's queue depth exists only with
+  a containerConcurrency limit (and is recorded on arrivals only).
+
+``queries_for(..., knative="1.20.1")`` keeps only the alternatives that Knative release
+exports; without a version every generation is tried.
 
 Placeholders filled in by ``render``: ``$NS`` (namespace regex), ``$RATE`` (rate window),
 ``$JOB`` (local scrape-job regex).
@@ -13,12 +37,41 @@ Placeholders filled in by ``render``: ``$NS`` (namespace regex), ``$RATE`` (rate
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kservebench.errors import SpecError
 
-# KServe names predictor workloads <isvc>-predictor[-00001-deployment-<hash>-<hash>].
-_MODEL_FROM = r'"model", "$1", "{label}", "(.+?)-predictor.*"'
+# KServe names predictor workloads <isvc>-predictor[-00001-deployment-<hash>-<hash>];
+# KEDA names the HPA it creates for the ScaledObject <isvc>-predictor keda-hpa-<that>.
+_MODEL_FROM = r'"model", "$1", "{label}", "(?:keda-hpa-)?(.+?)-predictor.*"'
+
+Release = tuple[int, int, int]
+# [first, last) releases; None: unbounded.
+Span = tuple[Release | None, Release | None]
+KN_OPENCENSUS: tuple[Span, ...] = ((None, (1, 19, 0)),)
+KN_OTEL: tuple[Span, ...] = (((1, 19, 2), None),)
+KN_QUEUEPROXY_NAMES: tuple[Span, ...] = (((1, 19, 2), (1, 19, 8)), ((1, 20, 0), (1, 20, 1)))
+KN_SERVING_NAMES: tuple[Span, ...] = (((1, 19, 8), (1, 20, 0)), ((1, 20, 1), None))
+KN_REFUSED: tuple[Span, ...] = (((1, 19, 0), (1, 19, 2)),)
+_RELEASE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_knative(version: str) -> tuple[Release, Release]:
+    """``"1.20.1"`` -> the releases it covers, [1.20.1, 1.20.2); ``"1.20"`` -> any 1.20.x."""
+    match = _RELEASE.fullmatch(str(version).strip().removeprefix("knative-"))
+    if match is None:
+        raise SpecError(
+            "knative", version, "expected a Knative Serving version such as 1.18 or 1.20.1"
+        )
+    major, minor, patch = int(match[1]), int(match[2]), match[3]
+    if patch is None:
+        return (major, minor, 0), (major, minor + 1, 0)
+    return (major, minor, int(patch)), (major, minor, int(patch) + 1)
+
+
+def _overlaps(spans: tuple[Span, ...], low: Release, high: Release) -> bool:
+    return any((a is None or a < high) and (b is None or low < b) for a, b in spans)
 
 
 def _model(expr: str, label: str) -> str:
@@ -30,6 +83,14 @@ class Query:
     source: str  # where it comes from: kserve, kube-state-metrics, knative<=1.18, ...
     promql: str
     target: str = "cluster"  # "cluster", "local" or "any"
+    knative: tuple[Span, ...] | None = None  # the Knative releases exporting it (None: any)
+
+    def exported_by(self, version: str | None) -> bool:
+        return (
+            version is None
+            or self.knative is None
+            or _overlaps(self.knative, *parse_knative(version))
+        )
 
 
 @dataclass(frozen=True)
@@ -59,19 +120,36 @@ def _ksm(
 
 
 def _hpa(metric: str) -> Query:
-    selector = f'{metric}{{namespace=~"$NS"}}'
+    # KServe's own HPA is <isvc>-predictor, KEDA's keda-hpa-<isvc>-predictor.
+    selector = f'{metric}{{namespace=~"$NS", horizontalpodautoscaler=~".+-predictor.*"}}'
     expr = _model(selector, "horizontalpodautoscaler")
     return Query("hpa", f"sum by (namespace, model) ({expr})")
 
 
 def _kn19(metric: str, agg: str = "sum") -> Query:
-    selector = f'{metric}{{k8s_namespace_name=~"$NS"}}'
-    return Query("knative>=1.19", f"{agg} by (model) ({_model(selector, 'kn_revision_name')})")
+    # Knative >= 1.19 autoscaler and activator: revision attributes are labels. (A series
+    # without them, e.g. queue-proxy's own HTTP histogram, must not match an empty $NS.)
+    selector = f'{metric}{{k8s_namespace_name=~"$NS", kn_revision_name=~".+-predictor.*"}}'
+    expr = f"{agg} by (model) ({_model(selector, 'kn_revision_name')})"
+    return Query("knative>=1.19", expr, knative=KN_OTEL)
 
 
-def _kn18(metric: str, agg: str = "sum", source: str = "knative<=1.18") -> Query:
-    selector = f'{metric}{{namespace_name=~"$NS"}}'
-    return Query(source, f"{agg} by (model) ({_model(selector, 'revision_name')})")
+def _kn18(metric: str, agg: str = "sum") -> Query:
+    selector = f'{metric}{{namespace_name=~"$NS", revision_name=~".+-predictor.*"}}'
+    expr = f"{agg} by (model) ({_model(selector, 'revision_name')})"
+    return Query("knative<=1.18", expr, knative=KN_OPENCENSUS)
+
+
+def _kn_queue(metric: str, releases: tuple[Span, ...], names: str) -> Query:
+    # Knative >= 1.19 queue-proxy: no revision labels of its own, the scrape job's instead.
+    selector = f'{metric}{{namespace=~"$NS", revision=~".+-predictor.*"}}'
+    expr = f"sum by (model) ({_model(selector, 'revision')})"
+    return Query(f"knative>=1.19 ({names})", expr, knative=releases)
+
+
+def _either(first: Query, then: Query) -> Query:
+    """``first`` per model, ``then`` for the models ``first`` has no series for."""
+    return Query(first.source, f"({first.promql}) or ({then.promql})", knative=first.knative)
 
 
 def _local(metric: str, agg: str = "sum") -> Query:
@@ -94,11 +172,6 @@ def _cadvisor(expr: str) -> Query:
 
 
 def _families() -> tuple[Family, ...]:
-    # >= 1.19 has no ready-pod gauge: allocated pods minus the not-ready ones.
-    pods, not_ready = _kn19("kn_revision_pods_count"), _kn19("kn_revision_pods_not_ready_count")
-    kn19_ready = f"({pods.promql} - on (model) {not_ready.promql}) or {pods.promql}"
-    activator19, queue19 = _kn19("kn_revision_request_concurrency"), _kn19("kn_serving_queue_depth")
-    activator18, queue18 = _kn18("activator_request_concurrency"), _kn18("revision_queue_depth")
     fams = [
         # KServe ModelServer: server-side latency histograms and request counters.
         *(
@@ -118,7 +191,7 @@ def _families() -> tuple[Family, ...]:
             "replicas",
             (
                 _ksm("kube_deployment_status_replicas_ready", "deployment"),
-                Query(pods.source, kn19_ready),
+                _kn19("kn_revision_pods_count"),  # ready pods, like autoscaler_actual_pods
                 _kn18("autoscaler_actual_pods"),
                 _local("kservebench_replicas_ready"),
             ),
@@ -129,8 +202,9 @@ def _families() -> tuple[Family, ...]:
             "replicas",
             (
                 _hpa("kube_horizontalpodautoscaler_status_desired_replicas"),
-                _kn19("kn_revision_pods_desired"),
-                _kn18("autoscaler_desired_pods"),
+                # The KPA's request after min/max-scale, as the HPA's desiredReplicas is.
+                _kn19("kn_revision_pods_requested"),
+                _kn18("autoscaler_requested_pods"),
                 _local("kservebench_replicas_desired"),
             ),
         ),
@@ -146,25 +220,32 @@ def _families() -> tuple[Family, ...]:
             "replicas",
             (_hpa("kube_horizontalpodautoscaler_status_current_replicas"),),
         ),
-        # Requests buffered by the activator plus those queued in queue-proxy.
+        # Requests in flight at the revision, activator and pods together, as Knative's
+        # autoscaler counts them (pods' requests less those the activator proxied), over
+        # its panic window (6 s by default): present whatever the containerConcurrency,
+        # where queue-proxy's depth is not. Without concurrency gauges (metric: rps), the
+        # activator's own count. Locally the plane's exact count comes first.
         Family(
             "requests_in_flight",
             "gauge",
             "requests",
             (
-                Query(pods.source, f"{activator19.promql} + on (model) {queue19.promql}"),
-                Query(activator18.source, f"{activator18.promql} + on (model) {queue18.promql}"),
-                Query("knative>=1.19-activator", activator19.promql),
-                Query("knative<=1.18-activator", activator18.promql),
                 _local("kservebench_requests_in_flight"),
+                _either(
+                    _kn19("kn_revision_concurrency_panic"),
+                    _kn19("kn_revision_request_concurrency"),
+                ),
+                _either(
+                    _kn18("autoscaler_panic_request_concurrency"),
+                    _kn18("activator_request_concurrency"),
+                ),
             ),
         ),
         Family(
             "panic_mode",
             "gauge",
             "bool",
-            # Knative >= 1.19 exports no panic-mode gauge; its panic-window average is below.
-            (_kn18("autoscaler_panic_mode", "max"),),
+            (_kn19("kn_revision_panic_mode", "max"), _kn18("autoscaler_panic_mode", "max")),
         ),
         Family(
             "panic_concurrency",
@@ -184,6 +265,25 @@ def _families() -> tuple[Family, ...]:
                 _kn18("autoscaler_stable_request_concurrency"),
             ),
         ),
+        # With the revision's metric annotation at rps, the autoscaler exports these instead.
+        Family(
+            "panic_rps",
+            "gauge",
+            "requests/s",
+            (
+                _kn19("kn_revision_rps_panic_per_second"),
+                _kn18("autoscaler_panic_requests_per_second"),
+            ),
+        ),
+        Family(
+            "stable_rps",
+            "gauge",
+            "requests/s",
+            (
+                _kn19("kn_revision_rps_stable_per_second"),
+                _kn18("autoscaler_stable_requests_per_second"),
+            ),
+        ),
         Family(
             "activator_requests",
             "counter",
@@ -199,7 +299,13 @@ def _families() -> tuple[Family, ...]:
             "counter",
             "requests",
             (
-                _kn19("kn_serving_invocation_duration_seconds_count"),
+                # Until 1.19.9/1.20.2 the histogram holds whole seconds; its count is right.
+                _kn_queue(
+                    "kn_serving_invocation_duration_seconds_count", KN_SERVING_NAMES, "kn_serving"
+                ),
+                _kn_queue(
+                    "kn_queueproxy_app_duration_seconds_count", KN_QUEUEPROXY_NAMES, "kn_queueproxy"
+                ),
                 _kn18("revision_request_count"),
             ),
         ),
@@ -305,13 +411,27 @@ def render(query: Query, namespace: str = ".*", rate_window: str = "30s", job: s
     return query.promql.replace("$NS", namespace).replace("$RATE", rate_window).replace("$JOB", job)
 
 
-def queries_for(family: str, target: str = "auto") -> tuple[Query, ...]:
-    """The alternatives to try for ``family`` on ``target``, in order."""
+def check_knative(version: str | None) -> None:
+    """Refuse a Knative version the catalog cannot read (see the module doc)."""
+    if version is None:
+        return
+    low, high = parse_knative(version)
+    if any((a is None or a <= low) and (b is None or high <= b) for a, b in KN_REFUSED):
+        problem = (
+            "exports names with the raw unit appended (retracted OTel exporter); use >= 1.19.2"
+        )
+        raise SpecError("knative", version, problem)
+
+
+def queries_for(family: str, target: str = "auto", knative: str | None = None) -> tuple[Query, ...]:
+    """The alternatives to try for ``family`` on ``target``, in order; with ``knative``,
+    only those that Knative version exports (and every non-Knative one)."""
     if family not in CATALOG:
         raise SpecError("families", family, f"unknown family; known: {', '.join(CATALOG)}")
     if target not in TARGETS:
         raise SpecError("target", target, f"expected one of {', '.join(TARGETS)}")
+    check_knative(knative)
     queries = CATALOG[family].queries
-    if target == "auto":
-        return queries
-    return tuple(q for q in queries if q.target in (target, "any"))
+    if target != "auto":
+        queries = tuple(q for q in queries if q.target in (target, "any"))
+    return tuple(q for q in queries if q.exported_by(knative))

@@ -5,6 +5,15 @@ becoming ready while requests wait. Its length runs from the first waiting reque
 the first response (records), or to the replica's ready time when only series exist.
 Pod-lifecycle series (kube-state-metrics timestamps) split it into created -> scheduled
 -> started -> ready. Pure functions of tidy series and request records.
+
+Resolution: on a cluster those timestamps are the pod's creationTimestamp, startTime and
+its conditions' lastTransitionTime, which Kubernetes keeps in whole seconds, so each
+phase is a difference of whole seconds, off by up to 1 s either way; a sub-second
+stage cannot be told from a cluster's series. When every stamp is a whole second the
+phases are kept as integers and ``phases_resolution_s`` is 1 (the local plane exports
+exact stamps: resolution 0). Lengths from series alone also move in steps of the
+scrape interval of the ready count (kube-state-metrics: 5 s on the shipped cluster);
+with request records they are exact.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from kservebench.analysis.series import per_model, step_function
 
 # kube-state-metrics families, in lifecycle order.
 LIFECYCLE = ("pod_created", "pod_scheduled", "pod_started", "pod_ready")
+# What a Kubernetes timestamp resolves (metav1.Time is serialised in whole seconds).
+KUBE_STAMP_RESOLUTION_S = 1.0
 
 
 @dataclass
@@ -38,6 +49,7 @@ class Episode:
     cold_max_ms: float = math.nan  # slowest successful waiting request
     waiting_failed: int = 0  # waiting requests that failed or never finished
     phases_s: dict[str, float] = field(default_factory=dict)
+    phases_resolution_s: float = math.nan  # 1: whole-second (cluster) stamps, 0: exact
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -60,17 +72,20 @@ def zero_stretches(times: np.ndarray, values: np.ndarray) -> list[tuple[float, f
     return out
 
 
-def _phases(lifecycle: dict[str, pd.DataFrame], model: str, since: float, until: float) -> dict:
-    """Lifecycle of the first pod of ``model`` to turn ready in [since, until + 60 s]."""
+def _phases(
+    lifecycle: dict[str, pd.DataFrame], model: str, since: float, until: float
+) -> tuple[dict, float]:
+    """Lifecycle of the first pod of ``model`` to turn ready in [since, until + 60 s], and
+    the resolution of its stamps (see the module doc)."""
     ready = lifecycle.get("pod_ready")
     if ready is None or ready.empty or "pod" not in ready.columns:
-        return {}
+        return {}, math.nan
     if "model" in ready.columns:
         ready = ready[ready["model"] == model]
     last = ready.sort_values("time_s").groupby("pod", observed=True)["value"].last()
     candidates = last[(last >= since) & (last <= until + 60.0)]
     if candidates.empty:
-        return {}
+        return {}, math.nan
     pod = candidates.idxmin()
     stamps: dict[str, float] = {}
     for name in LIFECYCLE:
@@ -80,11 +95,15 @@ def _phases(lifecycle: dict[str, pd.DataFrame], model: str, since: float, until:
         values = frame.loc[frame["pod"] == pod].sort_values("time_s")["value"]
         if len(values):
             stamps[name] = float(values.iloc[-1])
-    phases = {"pod": pod}
+    whole = all(v.is_integer() for v in stamps.values())
+    phases: dict = {"pod": pod}
     named = [n for n in LIFECYCLE if n in stamps]
     for a, b in pairwise(named):
-        phases[f"{a.removeprefix('pod_')}_to_{b.removeprefix('pod_')}_s"] = stamps[b] - stamps[a]
-    return phases
+        step = stamps[b] - stamps[a]
+        phases[f"{a.removeprefix('pod_')}_to_{b.removeprefix('pod_')}_s"] = (
+            round(step) if whole else step
+        )
+    return phases, KUBE_STAMP_RESOLUTION_S if whole else 0.0
 
 
 def cold_start_episodes(
@@ -106,7 +125,9 @@ def cold_start_episodes(
             episode = _episode(model, zero_since, ready_at, recs, flight)
             if episode is None:
                 continue
-            episode.phases_s = _phases(lifecycle or {}, model, episode.first_waiting_s, ready_at)
+            episode.phases_s, episode.phases_resolution_s = _phases(
+                lifecycle or {}, model, episode.first_waiting_s, ready_at
+            )
             episodes.append(episode)
     if records is not None and len(episodes):
         _penalties(episodes, records)

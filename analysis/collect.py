@@ -25,7 +25,7 @@ from prometheus_api_client import (
     PrometheusConnect,
 )
 
-from kservebench.analysis.catalog import CATALOG, queries_for, render
+from kservebench.analysis.catalog import CATALOG, check_knative, queries_for, render
 from kservebench.errors import SpecError
 
 SERIES_DIR = "series"
@@ -127,10 +127,15 @@ def collect(
     rate_window: str | None = None,
     job: str = ".+",
     progress: Callable[[str], None] | None = None,
+    knative: str | None = None,
 ) -> Collection:
-    """Query every family over [start_s, end_s]; see the module doc for missing ones."""
+    """Query every family over [start_s, end_s]; see the module doc for missing ones.
+
+    ``knative`` (a Knative Serving version, e.g. "1.18" or "1.20.1") tries only the names
+    that release exports; without it every generation's names are tried."""
     if not end_s > start_s:
         raise SpecError("window", (start_s, end_s), "ended_at must be after started_at")
+    check_knative(knative)
     step_s = parse_step(step)
     # A rate needs at least two scrapes in its window: local servers are scraped every
     # second, cluster cAdvisor every 15-30 s.
@@ -140,7 +145,7 @@ def collect(
     for family in families or CATALOG:
         if progress:
             progress(f"querying {family}")
-        for alternative in queries_for(family, target):
+        for alternative in queries_for(family, target, knative):
             promql = render(alternative, namespace=namespace, rate_window=rate_window, job=job)
             try:
                 result = [r for a, b in windows for r in query(promql, a, b, step)]

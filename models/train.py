@@ -33,6 +33,7 @@ from kservebench.models.catalog import (
     make_dataset,
     resolve_names,
 )
+from kservebench.models.runtime_versions import runtime_target
 
 LIBRARY = {"sklearn": "scikit-learn", "xgboost": "xgboost"}
 SAMPLE_ROWS = 8
@@ -106,7 +107,10 @@ def model_info(
     sample_predictions: np.ndarray,
     training_s: float,
 ) -> dict[str, Any]:
-    """The metadata written as model-info.yaml (plain YAML types only)."""
+    """The metadata written as model-info.yaml (plain YAML types only). ``runtime`` names
+    the KServe runtime that serves it on a cluster and whether the libraries that wrote it
+    are the ones that runtime loads it with (see runtime_versions.py)."""
+    versions = library_versions()
     return {
         "name": spec.name,
         "library": LIBRARY[spec.framework],
@@ -128,7 +132,8 @@ def model_info(
         "seed": spec.seed,
         "dataset": spec.as_dict()["dataset"],
         "fingerprint": spec.fingerprint(),
-        "versions": library_versions(),
+        "versions": versions,
+        "runtime": runtime_target(spec.framework, versions),
     }
 
 

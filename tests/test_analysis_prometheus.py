@@ -124,11 +124,13 @@ def _series(base: float) -> list[tuple[dict[str, str], list[tuple[float, float]]
         ({"__name__": "activator_request_concurrency", "namespace_name": "bench",
           "revision_name": "cold-predictor-00001"}, samples(waiting)),
     ]  # fmt: skip
-    # Namespace "otel" speaks only Knative >= 1.19 (OpenTelemetry) names.
+    # Namespace "otel" speaks only Knative >= 1.19 (OpenTelemetry) names: 2 ready pods
+    # (kn_revision_pods_count counts ready ones), the KPA asks for 2 (its unbounded desire
+    # is 5), the activator holds 3 requests.
     otel = {"k8s_namespace_name": "otel", "kn_revision_name": "otel-predictor-00001"}
     for name, value in (("kn_revision_pods_count", 2.0), ("kn_revision_pods_not_ready_count", 1.0),
-                        ("kn_revision_pods_desired", 2.0), ("kn_revision_request_concurrency", 3.0),
-                        ("kn_serving_queue_depth", 2.0)):  # fmt: skip
+                        ("kn_revision_pods_desired", 5.0), ("kn_revision_pods_requested", 2.0),
+                        ("kn_revision_request_concurrency", 3.0)):  # fmt: skip
         series.append(({"__name__": name, **otel}, samples(np.full(len(t), value))))
     for name, at in (("kube_pod_created", 62), ("kube_pod_status_scheduled_time", 63),
                      ("kube_pod_start_time", 66), ("kube_pod_status_ready_time", 75)):  # fmt: skip
@@ -186,7 +188,7 @@ def test_ground_truth_through_prometheus(pushed: tuple[LocalPrometheus, float]) 
     assert not got.errors, got.errors  # every catalog query is valid PromQL
     assert got.sources["replicas_ready"] == "kube-state-metrics"
     assert got.sources["replicas_desired"] == "hpa"
-    assert got.sources["requests_in_flight"] == "knative<=1.18-activator"
+    assert got.sources["requests_in_flight"] == "knative<=1.18"  # the activator's, here
     assert set(got.frames["replicas_ready"]["model"]) == {"cold", "scale"}
     assert "vllm_kv_cache_usage" in got.missing and "cpu_cores" in got.missing
     assert set(got.frames) | set(got.missing) == set(CATALOG)
@@ -237,6 +239,6 @@ def test_knative_otel_names_map_to_canonical_families(
                   families=families, namespace="otel")  # fmt: skip
     assert got.sources == dict.fromkeys(families, "knative>=1.19")
     values = {f: set(got.frames[f]["value"]) for f in families}
-    assert values == {"replicas_ready": {1.0}, "replicas_desired": {2.0},
-                      "requests_in_flight": {5.0}}  # fmt: skip
+    assert values == {"replicas_ready": {2.0}, "replicas_desired": {2.0},
+                      "requests_in_flight": {3.0}}  # fmt: skip
     assert set(got.frames["replicas_ready"]["model"]) == {"otel"}
