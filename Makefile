@@ -17,13 +17,14 @@ PROM_URL ?=
 BENCH_ARGS = --target $(TARGET) --results $(RESULTS) $(if $(PROM_URL),--prometheus-url $(PROM_URL))
 SPEC_DIR := bench/specs
 
-.PHONY: help venv venv-llm prometheus test lint format models bench-hpa bench-knative bench-llm report \
+.PHONY: help venv venv-llm prometheus test lint format models bench-hpa bench-knative bench-llm bench-slo report \
         cluster deploy crd image shellcheck bench-loadgen bench-analysis bench-sim bench-models bench-local clean
 
 help:
 	@echo "make bench-hpa       run the HPA experiment (local target; TARGET=cluster for a cluster)"
 	@echo "make bench-knative   run the Knative experiment"
 	@echo "make bench-llm       run the LLM experiment (real vLLM on the CPU + the GPU emulator)"
+	@echo "make bench-slo       LLM autoscaling on emulator replicas (POLICIES=\"slo wva-v1 ...\")"
 	@echo "make report          compare the newest hpa and knative results folders"
 	@echo "make test            set up the virtualenv and Prometheus, run lint and tests"
 	@echo "make cluster         create a kind cluster with KServe, Knative and Prometheus"
@@ -105,6 +106,20 @@ bench-knative: venv prometheus
 # LLM serving: real vLLM on a generated tiny Llama beside the emulator timing an 8B on an H100.
 bench-llm: venv venv-llm prometheus
 	$(BIN)/kservebench bench $(SPEC_DIR)/llm.yaml $(BENCH_ARGS)
+
+# LLM autoscaling (mode slo) on emulator replicas: ours by default; with several POLICIES
+# (slo wva-v1 wva-v2 keda-waiting hpa-cpu) the same spec once per policy, then one report.
+POLICIES ?= slo
+bench-slo: venv prometheus
+	@set -e; runs=(); mkdir -p $(RESULTS)/.specs; for p in $(POLICIES); do \
+	  spec=$(SPEC_DIR)/slo.yaml; name=slo; \
+	  if [ "$$p" != slo ]; then name=slo-$$p; spec=$(RESULTS)/.specs/$$name.yaml; \
+	    sed -e "s/^name: slo$$/name: $$name/" -e "s/^  policy: slo$$/  policy: $$p/" -e "/^  params:/d" \
+	      $(SPEC_DIR)/slo.yaml > $$spec; fi; \
+	  $(BIN)/kservebench bench $$spec --target local --results $(RESULTS); \
+	  runs+=("$$(ls -d $(RESULTS)/$$name-2* | tail -1)"); done; \
+	if [ $${#runs[@]} -gt 1 ]; then \
+	  $(BIN)/kservebench report "$${runs[@]}" --out $(RESULTS)/compare-slo; fi
 
 report: venv
 	@hpa=$$(ls -d $(RESULTS)/hpa-* 2>/dev/null | tail -1); kn=$$(ls -d $(RESULTS)/knative-* 2>/dev/null | tail -1); \

@@ -3,9 +3,10 @@
 The control plane (``kservebench.local.ControlPlane``) runs each model's replicas as real
 KServe ModelServer processes under the spec's CPU and memory limits, routes traffic through a
 Service-like router (hpa) or an activator and queue-proxy (knative), and scales them with
-live HPA or KPA loops over the same policies the simulator uses. A supervised Prometheus
-scrapes the replicas and the plane's cluster-named metrics, so the analysis reads a local run
-with the queries it uses on a cluster (namespace ``local``).
+live HPA or KPA loops over the same policies the simulator uses (``mode: slo``: an LLM
+policy, ours or a baseline, on the replicas' vLLM metrics). A supervised Prometheus scrapes
+the replicas and the plane's cluster-named metrics, so the analysis reads a local run with
+the queries it uses on a cluster (namespace ``local``).
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ class LocalTarget:
         if mode == "fixed":
             replicas = f"fixed (local target): {self.experiment.local.fixed_replicas} per model"
         else:
-            plane_name = {"hpa": "HPA", "knative": "Knative KPA"}.get(mode, mode)
+            names = {"hpa": "HPA", "knative": "Knative KPA"}
+            if self.experiment.autoscaler is not None:
+                names["slo"] = f"LLM autoscaler ({self.experiment.autoscaler.policy})"
+            plane_name = names.get(mode, mode)
             replicas = f"autoscaled by the local {plane_name} (live control plane)"
         limits = plane.get("limits") or {}
         return {

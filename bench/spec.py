@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from kservebench.local.settings import LocalSettings
     from kservebench.operator.spec import Resources, Scaling
 
-MODES = ("hpa", "knative")
+MODES = ("hpa", "knative", "slo")  # slo: LLMs on the local target (kservebench.local)
+SLO_SCALING = {"minReplicas", "maxReplicas", "scaleToZero"}
 PROTOCOLS = ("v1", "v2")
 LLM_PROTOCOLS = ("openai",)
 LLM_SLOS = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
@@ -86,6 +87,8 @@ class Experiment:
     local: LocalSettings  # the local control plane's knobs (kservebench.local.settings)
     simulation: Simulation
     raw: dict[str, Any]  # the spec as written, for run.json
+    # mode slo: the LLM policy and its params (kservebench.local.slo_settings.SloSettings)
+    autoscaler: Any = None
 
 
 # --- small checkers: each names the field it looks at --------------------------------------
@@ -273,6 +276,7 @@ TOP_LEVEL = {
     "repetitions",
     "local",
     "simulation",
+    "autoscaler",
 }
 
 
@@ -293,12 +297,20 @@ def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
     if "scaling" not in raw:
         raise SpecError("scaling", None, "is required")
     models = parse_models(raw.get("models"))
+    resources = parse_resources(raw.get("resources"), models)
+    autoscaler = None
+    if mode == "slo":
+        scaling, autoscaler = _slo_scaling(raw, models, llm_slos, resources)
+    else:
+        if "autoscaler" in raw:
+            raise SpecError("autoscaler", raw["autoscaler"], "is for mode slo")
+        scaling = parse_scaling(raw["scaling"], mode, models)
     return Experiment(
         name=name,
         mode=mode,
         models=models,
-        scaling=parse_scaling(raw["scaling"], mode, models),
-        resources=parse_resources(raw.get("resources"), models),
+        scaling=scaling,
+        resources=resources,
         arrival=_choice(raw.get("arrival", "poisson"), ARRIVALS, "arrival"),
         patterns=parse_patterns(raw.get("patterns"), base_dir=base_dir),
         warmup_s=_duration(raw.get("warmup", "0s"), "warmup"),
@@ -309,7 +321,31 @@ def parse_experiment(raw: Any, base_dir: Path | None = None) -> Experiment:
         local=parse_local(raw.get("local"), "local"),
         simulation=_simulation(raw.get("simulation", {}), "simulation"),
         raw=dict(raw),
+        autoscaler=autoscaler,
     )
+
+
+def _slo_scaling(
+    raw: Mapping[str, Any],
+    models: tuple[ModelRef, ...],
+    llm_slos: dict[str, float],
+    resources: Resources,
+) -> tuple[Scaling, Any]:
+    """Mode slo: LLM models only; ``scaling`` holds just the replica bounds (the policy
+    in ``autoscaler:`` decides the rest)."""
+    from kservebench.local.settings import replica_resources
+    from kservebench.local.slo_settings import parse_autoscaler
+
+    if models[0].llm is None:
+        raise SpecError("mode", "slo", "is for LLM models (entries with llm:); use hpa or knative")
+    value = _mapping(raw["scaling"], "scaling")
+    _only(value, SLO_SCALING, "scaling")
+    # Knative's bounds checks allow minReplicas 0 (scaleToZero) and name the fields.
+    scaling = parse_scaling(value, "knative", models)
+    autoscaler = parse_autoscaler(
+        raw.get("autoscaler"), scaling, llm_slos, replica_resources(resources).cpu_request_cores
+    )
+    return scaling, autoscaler
 
 
 def load_experiment(path: Path | str) -> Experiment:

@@ -9,6 +9,9 @@
   the autoscaler (``on_cold_request``, at most once a second); buffered longer than
   ``timeout_s`` -> 504. Without a limit the activator's pick is the less loaded of two
   random replicas.
+* ``slo``: the Service as in ``hpa`` (a random ready endpoint, no limit), but at zero ready
+  replicas (scale to zero) requests wait in the buffer and poke the autoscaler, as the
+  gateway's flow control holds them for the SLO loop.
 
 Runs on the router's loop; nothing here does I/O.
 """
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-MODES = ("hpa", "knative")
+MODES = ("hpa", "knative", "slo")
 COLD_POKE_INTERVAL_S = 1.0
 
 
@@ -149,7 +152,7 @@ class Balancer:
                 return None
         elif not self._active:
             return None
-        elif self.mode == "hpa" or len(self._active) == 1:
+        elif self.mode != "knative" or len(self._active) == 1:
             backend = random.choice(self._active)
         else:  # Knative's activator without a limit: the less loaded of two random picks
             a, b = random.sample(self._active, 2)

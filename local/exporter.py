@@ -117,9 +117,11 @@ class PlaneCollector:
             spec.add_metric(d, replica_set.desired)
             ready.add_metric(d, n_ready)
             total.add_metric(d, len(replicas))
-            if unit.mode == "hpa":
+            if unit.mode in ("hpa", "slo"):  # slo: the scale target of an external HPA
                 hpa_current.add_metric(d, replica_set.desired)
-                desired = loop.last.desired_replicas if loop and loop.last else replica_set.desired
+                desired = replica_set.desired
+                if unit.mode == "hpa" and loop and loop.last:
+                    desired = loop.last.desired_replicas
                 hpa_desired.add_metric(d, desired)
                 in_flight.add_metric([model], router.in_system)
             else:

@@ -24,6 +24,7 @@ from typing import Any
 from kservebench.local.autoscalers import HpaLoop, KpaLoop, ScaleEvent
 from kservebench.local.exporter import NAMESPACE, Exporter
 from kservebench.local.settings import LocalSettings, ReplicaResources, replica_resources
+from kservebench.local.slo_loop import SloLoop, variant_from_serving
 from kservebench.policies import hpa, kpa
 
 EXPORTER_JOB = "kservebench"
@@ -35,11 +36,11 @@ class ModelUnit:
     """Everything the plane runs for one model."""
 
     model: str
-    mode: str  # hpa | knative | fixed
+    mode: str  # hpa | knative | slo | fixed
     resources: ReplicaResources
     replica_set: Any  # kservebench.local.replicas.ReplicaSet
     router: Any  # kservebench.local.router.Router
-    autoscaler: HpaLoop | KpaLoop | None
+    autoscaler: HpaLoop | KpaLoop | SloLoop | None
     initial: int
     url: str = ""
 
@@ -107,12 +108,15 @@ class ControlPlane:
         model = ref.name
         mode = self._mode()
         scaling = self.experiment.scaling
+        slo_settings = getattr(self.experiment, "autoscaler", None) if mode == "slo" else None
         router_mode = "knative" if self.experiment.mode == "knative" else "hpa"
-        autoscaler: HpaLoop | KpaLoop | None = None
+        if slo_settings is not None and slo_settings.scale_to_zero:
+            router_mode = "slo"  # the Service, holding requests while none is ready
+        autoscaler: HpaLoop | KpaLoop | SloLoop | None = None
 
         def on_cold() -> None:
-            # Bound to the variable: the KPA loop is made below, before any request comes.
-            if isinstance(autoscaler, KpaLoop):
+            # Bound to the variable: the loop is made below, before any request comes.
+            if isinstance(autoscaler, KpaLoop | SloLoop):
                 autoscaler.poke()
 
         router = Router(
@@ -151,6 +155,16 @@ class ControlPlane:
                 metrics_resolution_s=self.settings.metrics_resolution_s,
             )
             initial = params.min_replicas
+        elif mode == "slo":
+            bounds = (slo_settings.min_replicas, slo_settings.max_replicas)
+            autoscaler = SloLoop(
+                model,
+                replica_set,
+                settings=slo_settings,
+                variant=variant_from_serving(ref.llm, *bounds),
+                router=router,
+            )
+            initial = max(1, slo_settings.min_replicas)  # as Knative's initial scale 1
         else:
             params_k = kpa.params_from_scaling(scaling)
             autoscaler = KpaLoop(model, replica_set, params=params_k, router=router)
@@ -286,6 +300,11 @@ class ControlPlane:
                     "autoscaler": unit.mode,
                     "initial_replicas": unit.initial,
                     "decisions": unit.autoscaler.decisions if unit.autoscaler else 0,
+                    **(
+                        {"slo": unit.autoscaler.describe()}
+                        if isinstance(unit.autoscaler, SloLoop)
+                        else {}
+                    ),
                     # with ready_after_s: spawn -> ready of every start (the cold starts)
                     "replicas": unit.replica_set.describe(),
                 }

@@ -11,6 +11,8 @@ replica and returns the replica's status, headers and body unchanged, plus
   a replica at once (0 = no limit); the rest wait in one FIFO buffer, dispatched as slots
   free up or replicas appear; at zero replicas every request is buffered and pokes the
   autoscaler (``on_cold_request``); buffered longer than ``timeout_s`` -> 504.
+* ``slo``: the Service (spread, no limit) that holds requests while no replica is ready
+  and pokes the SLO loop (scale from zero), as ``knative`` does at zero.
 
 The KPA reads the time-weighted average of requests in the system per whole second and
 the arrivals per second (``take_buckets``), as Knative's autoscaler reads the activator's
