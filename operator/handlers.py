@@ -10,6 +10,8 @@
 * every event of an InferenceService or HPA we own -> mirror the InferenceService's
   status into the owner's status, put back fields someone edited (drift), recreate what
   was deleted.
+* mode slo: a timer per ModelDeployment runs the SLO policy and sets the predictor
+  Deployment's replicas (``slo_loop.py``).
 * every event of a predictor Deployment carrying our label (KServe's in Standard mode,
   Knative's per revision) -> the owner's ``readyReplicas``: the pods that are ready now.
   KServe's ``modelStatus.copies`` is only recomputed when KServe reconciles the
@@ -36,7 +38,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from kservebench.errors import SpecError
-from kservebench.operator import reconcile, status
+from kservebench.operator import reconcile, slo_loop, status
 from kservebench.operator.inferenceservice import (
     HPA_GROUP,
     HPA_PLURAL,
@@ -246,7 +248,7 @@ def reconcile_model_deployment(
         condition = status.ready_condition(
             previous, "False", "InferenceServiceError", message, status.now_text()
         )
-        patch.status["conditions"] = [condition]
+        patch.status["conditions"] = status.with_condition(previous, condition)
         raise kopf.TemporaryError(message, delay=RETRY_DELAY_S) from err
     new_status["observedGeneration"] = meta.get("generation")
     patch.status.update(new_status)
@@ -369,3 +371,4 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event(
         "apps", "v1", "deployments", labels=ours, registry=registry, id="predictor-deployment"
     )(on_predictor_deployment_event)
+    slo_loop.register(registry, resource)

@@ -15,6 +15,10 @@ spec turns into is decided here and nowhere else (see REFERENCE.md sections 1-2)
   than the defaults are refused (``spec.py``).
   prometheus: ``autoscalerClass: keda`` on an External metric; KServe's KEDA path does
   honour ``autoScaling.behavior``.
+* mode slo -> deploymentMode Standard with ``autoscalerClass: external``: KServe creates
+  no HPA and leaves the Deployment's replicas alone; the operator's SLO loop
+  (``slo_loop.py``) sets them through the Deployment's scale subresource. The resolved
+  policy settings ride along as the ``kservebench.dev/slo`` annotation (JSON).
 * mode knative -> deploymentMode Knative (Serverless); scaleMetric concurrency|rps,
   KPA knobs as ``autoscaling.knative.dev/*`` annotations, which KServe passes to the
   revision; ``minReplicas: 0`` is scale to zero.
@@ -22,6 +26,7 @@ spec turns into is decided here and nowhere else (see REFERENCE.md sections 1-2)
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kservebench.operator.spec import (
@@ -44,6 +49,7 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
 KNATIVE_PREFIX = "autoscaling.knative.dev/"
 PROMETHEUS_SCRAPING_ANNOTATION = "serving.kserve.io/enable-prometheus-scraping"
+SLO_ANNOTATION = "kservebench.dev/slo"  # mode slo: the policy's resolved settings (JSON)
 OWNER_LABEL = "kservebench.dev/model-deployment"
 MODE_LABEL = "kservebench.dev/mode"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kservebench-operator"}
@@ -56,9 +62,14 @@ DEPLOYMENT_MODES: dict[tuple[Mode, DeploymentModeNames], str] = {
     (Mode.KNATIVE, DeploymentModeNames.CURRENT): "Knative",
     (Mode.HPA, DeploymentModeNames.LEGACY): "RawDeployment",
     (Mode.KNATIVE, DeploymentModeNames.LEGACY): "Serverless",
+    # KServe <= 0.15 pins an external Deployment's replicas: spec.py refuses legacy there.
+    (Mode.SLO, DeploymentModeNames.CURRENT): "Standard",
 }
 # Both spellings of a mode, so a mode change is detected whichever names a cluster uses.
-MODE_OF_DEPLOYMENT_MODE = {value: mode for (mode, _), value in DEPLOYMENT_MODES.items()}
+# hpa and slo share Standard: switching between them patches, it does not recreate.
+MODE_OF_DEPLOYMENT_MODE = {
+    value: mode for (mode, _), value in DEPLOYMENT_MODES.items() if mode is not Mode.SLO
+}
 CURRENT_DEPLOYMENT_MODES = {
     v for (_, names), v in DEPLOYMENT_MODES.items() if names is DeploymentModeNames.CURRENT
 }
@@ -77,6 +88,8 @@ def deployment_mode(spec: ModelDeploymentSpec) -> str:
 
 
 def autoscaler_class(spec: ModelDeploymentSpec) -> str | None:
+    if spec.mode is Mode.SLO:
+        return "external"  # the operator's SLO loop sets the replicas
     if spec.mode is not Mode.HPA:
         return None
     if spec.scaling.metric is Metric.PROMETHEUS:
@@ -86,7 +99,7 @@ def autoscaler_class(spec: ModelDeploymentSpec) -> str | None:
 
 def owns_hpa(spec: ModelDeploymentSpec) -> bool:
     """Whether the operator (not KServe) creates the HPA for this spec."""
-    return autoscaler_class(spec) == "external"
+    return spec.mode is Mode.HPA and autoscaler_class(spec) == "external"
 
 
 def predictor_name(name: str) -> str:
@@ -118,6 +131,12 @@ def build_inference_service(spec: ModelDeploymentSpec) -> dict[str, Any]:
     if spec.mode is Mode.HPA:
         annotations[AUTOSCALER_CLASS_ANNOTATION] = autoscaler_class(spec) or "hpa"
         predictor.update(_hpa_predictor(spec))
+    elif spec.mode is Mode.SLO:
+        assert spec.slo is not None  # parse_model_deployment fills it in mode slo
+        annotations[AUTOSCALER_CLASS_ANNOTATION] = "external"
+        annotations[SLO_ANNOTATION] = json.dumps(
+            spec.slo.settings(), sort_keys=True, separators=(",", ":")
+        )
     else:
         annotations.update(knative_annotations(spec))
         predictor.update(_knative_predictor(spec))

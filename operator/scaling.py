@@ -28,6 +28,18 @@ from kservebench.operator.vocabulary import (
     read_string,
 )
 
+# spec.scaling fields of the other modes, refused in mode slo (only the replica bounds
+# and scaleToZero apply there).
+SLO_UNUSED = {
+    "metric",
+    "target",
+    "targetUtilizationPercentage",
+    "containerConcurrency",
+    "knative",
+    "hpa",
+    "prometheus",
+}
+
 
 @dataclass(frozen=True)
 class KnativeScaling:
@@ -108,17 +120,31 @@ def parse_scaling(
     scale_to_zero = raw.get("scaleToZero", False)
     if not isinstance(scale_to_zero, bool):
         raise SpecError(f"{path}.scaleToZero", scale_to_zero, "must be true or false")
+    if mode is Mode.SLO:
+        for key in sorted(SLO_UNUSED & set(raw)):
+            raise SpecError(
+                f"{path}.{key}", raw[key], "is not used in mode slo (spec.slo says how it scales)"
+            )
     if scale_to_zero and mode is Mode.HPA:
         raise SpecError(f"{path}.scaleToZero", True, "HPA cannot scale to zero; use mode knative")
+    if scale_to_zero and mode is Mode.SLO:
+        # KServe Standard has no activator: nothing would hold the first request and say
+        # so, so the loop could never scale back up from zero.
+        raise SpecError(
+            f"{path}.scaleToZero",
+            True,
+            "mode slo cannot scale to zero yet (KServe Standard holds no request at zero);"
+            " use mode knative",
+        )
     default_min = 0 if scale_to_zero else 1
     min_replicas = read_number(
         raw.get("minReplicas", default_min), f"{path}.minReplicas", "minReplicas"
     )
-    if mode is Mode.HPA and min_replicas < 1:
+    if mode in (Mode.HPA, Mode.SLO) and min_replicas < 1:
         raise SpecError(
             f"{path}.minReplicas",
             min_replicas,
-            "must be >= 1 in mode hpa (only knative scales to 0)",
+            f"must be >= 1 in mode {mode} (only knative scales to 0)",
         )
     if scale_to_zero and min_replicas != 0:
         raise SpecError(f"{path}.minReplicas", min_replicas, "must be 0 when scaleToZero is true")
@@ -130,6 +156,12 @@ def parse_scaling(
     if max_replicas < min_replicas:
         raise SpecError(
             f"{path}.maxReplicas", max_replicas, f"must be >= minReplicas ({min_replicas})"
+        )
+    if mode is Mode.SLO:
+        # The policy reads vLLM's series from Prometheus itself (spec.slo.prometheusUrl);
+        # metric and target are placeholders no builder reads in this mode.
+        return Scaling(
+            min_replicas, max_replicas, Metric.PROMETHEUS, DEFAULT_TARGET[Metric.PROMETHEUS]
         )
     default_metric = Metric.CONCURRENCY
     if mode is Mode.HPA:

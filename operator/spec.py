@@ -25,6 +25,7 @@ from kservebench.operator.scaling import (
     Scaling,
     parse_scaling,
 )
+from kservebench.operator.slo_spec import SloSpec, parse_slo
 from kservebench.operator.vocabulary import (
     API_GROUP,
     API_VERSION,
@@ -80,6 +81,7 @@ __all__ = [
     "Protocol",
     "Resources",
     "Scaling",
+    "SloSpec",
     "format_duration",
     "parse_duration",
     "parse_model_deployment",
@@ -122,6 +124,7 @@ class ModelDeploymentSpec:
     deployment_mode_names: DeploymentModeNames
     scaling: Scaling
     timeout_s: int | None = None
+    slo: SloSpec | None = None  # mode slo only
 
 
 def parse_model(raw: Any, path: str = "spec.model") -> ModelSpec:
@@ -221,9 +224,11 @@ def parse_model_deployment(obj: Any) -> ModelDeploymentSpec:
         raise SpecError("metadata.name", name, f"must be at most {NAME_MAX} characters")
     namespace = metadata.get("namespace") or "default"
     spec = read_mapping(obj.get("spec"), "spec")
-    check_known(spec, "spec", {"model", "resources", "mode", "kserve", "scaling", "timeoutSeconds"})
+    check_known(
+        spec, "spec", {"model", "resources", "mode", "kserve", "scaling", "timeoutSeconds", "slo"}
+    )
     if "mode" not in spec:
-        raise SpecError("spec.mode", None, "is required (hpa or knative)")
+        raise SpecError("spec.mode", None, "is required (hpa, knative or slo)")
     if spec["mode"] in RESERVED_MODES:
         raise SpecError(
             "spec.mode",
@@ -232,6 +237,10 @@ def parse_model_deployment(obj: Any) -> ModelDeploymentSpec:
             " use hpa or knative",
         )
     mode = read_enum(spec["mode"], "spec.mode", Mode)
+    if mode is Mode.SLO:
+        _check_slo_mode(spec)
+    elif spec.get("slo") is not None:
+        raise SpecError("spec.slo", spec["slo"], "is only for mode slo")
     if len(name) > NAME_MAX_BY_MODE[mode]:
         raise SpecError(
             "metadata.name",
@@ -274,6 +283,16 @@ def parse_model_deployment(obj: Any) -> ModelDeploymentSpec:
             " allow-zero-initial-scale: true (the default is false); say so with"
             " allowZeroInitialScale: true",
         )
+    slo = None
+    if mode is Mode.SLO:
+        assert model.llm is not None  # _check_slo_mode: kind llm
+        slo = parse_slo(
+            spec["slo"],
+            name=name,
+            gpus=model.llm.gpus,
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+        )
     timeout = None
     if spec.get("timeoutSeconds") is not None:
         timeout = read_number(spec["timeoutSeconds"], "spec.timeoutSeconds", "timeoutSeconds")
@@ -293,7 +312,27 @@ def parse_model_deployment(obj: Any) -> ModelDeploymentSpec:
         deployment_mode_names=names,
         scaling=scaling,
         timeout_s=timeout,
+        slo=slo,
     )
+
+
+def _check_slo_mode(spec: dict[str, Any]) -> None:
+    """What mode slo needs before its fields are read (crd.py's ``.mode`` rule, too)."""
+    kind = read_mapping(spec.get("model"), "spec.model").get("kind")
+    if kind != ModelKind.LLM.value:
+        raise SpecError("spec.mode", "slo", f"is for kind llm only (spec.model.kind is {kind})")
+    if not isinstance(spec.get("slo"), dict):
+        raise SpecError(
+            "spec.mode", "slo", "needs a spec.slo block with the ttftMs and itlMs objectives"
+        )
+    names = read_mapping(spec.get("kserve"), "spec.kserve").get("deploymentModeNames")
+    if names == DeploymentModeNames.LEGACY.value:
+        raise SpecError(
+            "spec.mode",
+            "slo",
+            "needs spec.kserve.deploymentModeNames current: KServe <= 0.15 pins the replicas"
+            " of a Deployment with autoscalerClass external",
+        )
 
 
 def _check_legacy_hpa(raw: Any, scaling: Scaling) -> None:

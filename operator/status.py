@@ -22,7 +22,7 @@ PHASES = {
     "Recreating": "the deployment mode changed: the old InferenceService is being replaced",
     "Invalid": "the spec is invalid; no InferenceService was created or changed",
 }
-STATUS_FIELDS = ("phase", "conditions", "inferenceService", "url", "readyReplicas")
+STATUS_FIELDS = ("phase", "conditions", "inferenceService", "url", "readyReplicas", "slo")
 
 
 def now_text() -> str:
@@ -33,10 +33,33 @@ def ready_condition(
     previous: list[dict[str, Any]] | None, status: str, reason: str, message: str, now: str
 ) -> dict[str, Any]:
     """The Ready condition; lastTransitionTime moves only when ``status`` changes."""
-    before = next((c for c in previous or [] if c.get("type") == "Ready"), None)
+    return condition(previous, "Ready", status, reason, message, now)
+
+
+def with_condition(
+    previous: list[dict[str, Any]] | None, condition: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``previous`` with ``condition`` in place of the one of its type (others kept: the
+    Ready condition and mode slo's MetricsAvailable are written by different handlers,
+    and a merge patch replaces the list whole)."""
+    kept = [c for c in previous or [] if c.get("type") != condition["type"]]
+    order = {"Ready": 0}
+    return sorted([*kept, condition], key=lambda c: order.get(c.get("type", ""), 1))
+
+
+def condition(
+    previous: list[dict[str, Any]] | None,
+    kind: str,
+    status: str,
+    reason: str,
+    message: str,
+    now: str,
+) -> dict[str, Any]:
+    """A condition of type ``kind``; lastTransitionTime moves only when ``status`` changes."""
+    before = next((c for c in previous or [] if c.get("type") == kind), None)
     changed = before is None or before.get("status") != status
     return {
-        "type": "Ready",
+        "type": kind,
         "status": status,
         "reason": reason,
         "message": message,
@@ -49,7 +72,9 @@ def invalid_status(error: SpecError, previous: dict[str, Any] | None, now: str) 
     conditions = (previous or {}).get("conditions")
     return {
         "phase": "Invalid",
-        "conditions": [ready_condition(conditions, "False", "InvalidSpec", str(error), now)],
+        "conditions": with_condition(
+            conditions, ready_condition(conditions, "False", "InvalidSpec", str(error), now)
+        ),
     }
 
 
@@ -61,7 +86,9 @@ def recreating_status(name: str, previous: dict[str, Any] | None, now: str) -> d
         "inferenceService": name,
         "url": None,
         "readyReplicas": 0,
-        "conditions": [ready_condition(conditions, "False", "ModeChange", message, now)],
+        "conditions": with_condition(
+            conditions, ready_condition(conditions, "False", "ModeChange", message, now)
+        ),
     }
 
 
@@ -90,7 +117,9 @@ def status_from_inference_service(
         "phase": phase,
         "inferenceService": name,
         "url": _url(isvc_status),
-        "conditions": [ready_condition(conditions, status, reason, message, now)],
+        "conditions": with_condition(
+            conditions, ready_condition(conditions, status, reason, message, now)
+        ),
     }
 
 

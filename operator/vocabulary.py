@@ -30,10 +30,11 @@ class ModelKind(StrEnum):
 class Mode(StrEnum):
     HPA = "hpa"  # KServe Standard: a Deployment scaled by HPA (or KEDA)
     KNATIVE = "knative"  # KServe Knative: request-driven KPA, scale to zero
+    SLO = "slo"  # KServe Standard, replicas set by the operator's SLO/KV-cache-aware policy
 
 
-# Accepted by the schema so the spec has room for it, refused until it is built.
-RESERVED_MODES = {"slo": "the SLO/KV-cache-aware autoscaler"}
+# Accepted by the schema so the spec has room for them, refused until they are built.
+RESERVED_MODES: dict[str, str] = {}
 
 
 class Protocol(StrEnum):
@@ -58,6 +59,7 @@ class DeploymentModeNames(StrEnum):
 MODE_METRICS: dict[Mode, tuple[Metric, ...]] = {
     Mode.HPA: (Metric.CPU, Metric.MEMORY, Metric.PROMETHEUS),
     Mode.KNATIVE: (Metric.CONCURRENCY, Metric.RPS),
+    Mode.SLO: (),  # spec.slo says how it scales; no scaling.metric
 }
 KIND_PROTOCOLS: dict[ModelKind, tuple[Protocol, ...]] = {
     ModelKind.SKLEARN: (Protocol.V1, Protocol.V2),
@@ -105,7 +107,11 @@ NAME_MAX = 63
 # Longest name each mode survives (KServe 0.16 checks only the pattern): Standard labels
 # the pods `app: isvc.<name>-predictor`, a label value of at most 63 characters; Knative
 # names the Service `<name>-predictor`, whose host name label is at most 63 characters.
-NAME_MAX_BY_MODE = {Mode.HPA: 63 - len("isvc.-predictor"), Mode.KNATIVE: 63 - len("-predictor")}
+NAME_MAX_BY_MODE = {
+    Mode.HPA: 63 - len("isvc.-predictor"),
+    Mode.KNATIVE: 63 - len("-predictor"),
+    Mode.SLO: 63 - len("isvc.-predictor"),  # Standard, as hpa
+}
 # Knative's config-defaults max-revision-timeout-seconds (600): KServe copies `timeout`
 # into the revision's timeoutSeconds, and Knative refuses a longer one.
 KNATIVE_TIMEOUT_MAX = 600
@@ -146,6 +152,20 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "llm.gpus": (1, 16),
     "llm.maxModelLen": (16, None),
     "llm.gpuMemoryUtilization": (0.05, 1.0),
+    # mode slo (spec.slo, see slo_spec.py); durations in seconds
+    "slo.ttftMs": (1, 600_000),
+    "slo.itlMs": (1, 60_000),
+    "slo.e2eMs": (1, 3_600_000),
+    "slo.headroom": (0, 0.9),
+    "slo.kvTarget": (0.05, 1.0),
+    "slo.interval": (1, 600),
+    "slo.coldStart": (1, 3600),
+    "slo.staleAfter": (1, 3600),
+    "slo.scaleDownStabilization": (0, 3600),
+    "slo.variants.gpus": (0, 16),
+    "slo.variants.costPerHour": (0, None),
+    "slo.variants.minReplicas": (0, 1000),
+    "slo.variants.maxReplicas": (1, 1000),
 }
 PERCENT_METRICS = (Metric.CPU, Metric.MEMORY)
 
