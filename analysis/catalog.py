@@ -7,29 +7,9 @@ model server's own /metrics produced them. Every query adds a ``model`` label (t
 InferenceService name, cut from the deployment/revision/pod/HPA name) so stages can join
 on it.
 
-Knative, checked against knative/serving's sources at each tag:
-
-- <= 1.18 (OpenCensus): ``autoscaler_*``, ``activator_*`` and queue-proxy ``revision_*``,
-  all labelled ``namespace_name``/``revision_name``.
-- >= 1.19 (OpenTelemetry): autoscaler and activator export ``kn_revision_*`` with the
-  attributes ``k8s_namespace_name``/``kn_revision_name`` as labels. Queue-proxy keeps
-  namespace and revision in its OTel *resource* (they reach only ``target_info``), so its
-  series are selected by the scrape job's own ``namespace``/``revision`` target labels
-  (manifests/cluster/prometheus-values.yaml, job knative-queue-proxy). Its names changed
-  in patch releases: ``kn_queueproxy_{app_duration_seconds,depth}`` in 1.19.0-1.19.7 and
-  1.20.0, ``kn_serving_{invocation_duration_seconds,queue_depth}`` from 1.19.8, 1.20.1 and
-  1.21.0 on. 1.19.0 and 1.19.1 are refused: they link a retracted OTel Prometheus
-  exporter (v0.59.0) that appends units such as ``{pod}`` to the names as they are.
-- ``kn_revision_pods_count`` / ``autoscaler_actual_pods`` count READY pods. The KPA's
-  ``desired_pods`` is recorded before min/max-scale and the scale-to-zero grace period;
-  ``requested_pods`` (``kn_revision_pods_requested``) is what it asks of Kubernetes after
-  those bounds, the counterpart of the HPA's ``status.desiredReplicas``.
-- The autoscaler exports either the concurrency or the requests-per-second gauges,
-  after the revision's ``metric`` annotation; queue-proxy's queue depth exists only with
-  a containerConcurrency limit (and is recorded on arrivals only).
-
-``queries_for(..., knative="1.20.1")`` keeps only the alternatives that Knative release
-exports; without a version every generation is tried.
+What each Knative release exports (names, labels, the releases refused) is told and
+tabled in ``analysis.catalog_knative``. ``queries_for(..., knative="1.20.1")`` keeps only
+the alternatives that release exports; without a version every generation is tried.
 
 Placeholders filled in by ``render``: ``$NS`` (namespace regex), ``$RATE`` (rate window),
 ``$JOB`` (local scrape-job regex).
@@ -37,41 +17,25 @@ Placeholders filled in by ``render``: ``$NS`` (namespace regex), ``$RATE`` (rate
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from kservebench.analysis.catalog_knative import (
+    KN_OPENCENSUS,
+    KN_OTEL,
+    KN_QUEUEPROXY_NAMES,
+    KN_REFUSED,
+    KN_SERVING_NAMES,
+    Release,
+    Span,
+    check_knative,
+    overlaps,
+    parse_knative,
+)
 from kservebench.errors import SpecError
 
 # KServe names predictor workloads <isvc>-predictor[-00001-deployment-<hash>-<hash>];
 # KEDA names the HPA it creates for the ScaledObject <isvc>-predictor keda-hpa-<that>.
 _MODEL_FROM = r'"model", "$1", "{label}", "(?:keda-hpa-)?(.+?)-predictor.*"'
-
-Release = tuple[int, int, int]
-# [first, last) releases; None: unbounded.
-Span = tuple[Release | None, Release | None]
-KN_OPENCENSUS: tuple[Span, ...] = ((None, (1, 19, 0)),)
-KN_OTEL: tuple[Span, ...] = (((1, 19, 2), None),)
-KN_QUEUEPROXY_NAMES: tuple[Span, ...] = (((1, 19, 2), (1, 19, 8)), ((1, 20, 0), (1, 20, 1)))
-KN_SERVING_NAMES: tuple[Span, ...] = (((1, 19, 8), (1, 20, 0)), ((1, 20, 1), None))
-KN_REFUSED: tuple[Span, ...] = (((1, 19, 0), (1, 19, 2)),)
-_RELEASE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-def parse_knative(version: str) -> tuple[Release, Release]:
-    """``"1.20.1"`` -> the releases it covers, [1.20.1, 1.20.2); ``"1.20"`` -> any 1.20.x."""
-    match = _RELEASE.fullmatch(str(version).strip().removeprefix("knative-"))
-    if match is None:
-        raise SpecError(
-            "knative", version, "expected a Knative Serving version such as 1.18 or 1.20.1"
-        )
-    major, minor, patch = int(match[1]), int(match[2]), match[3]
-    if patch is None:
-        return (major, minor, 0), (major, minor + 1, 0)
-    return (major, minor, int(patch)), (major, minor, int(patch) + 1)
-
-
-def _overlaps(spans: tuple[Span, ...], low: Release, high: Release) -> bool:
-    return any((a is None or a < high) and (b is None or low < b) for a, b in spans)
 
 
 def _model(expr: str, label: str) -> str:
@@ -89,7 +53,7 @@ class Query:
         return (
             version is None
             or self.knative is None
-            or _overlaps(self.knative, *parse_knative(version))
+            or overlaps(self.knative, *parse_knative(version))
         )
 
 
@@ -406,21 +370,29 @@ CANONICAL = (
 )
 TARGETS = ("cluster", "local", "auto")
 
+# The Knative release tables moved to catalog_knative; they are still importable from here.
+__all__ = [
+    "CANONICAL",
+    "CATALOG",
+    "KN_OPENCENSUS",
+    "KN_OTEL",
+    "KN_QUEUEPROXY_NAMES",
+    "KN_REFUSED",
+    "KN_SERVING_NAMES",
+    "TARGETS",
+    "Family",
+    "Query",
+    "Release",
+    "Span",
+    "check_knative",
+    "parse_knative",
+    "queries_for",
+    "render",
+]
+
 
 def render(query: Query, namespace: str = ".*", rate_window: str = "30s", job: str = ".+") -> str:
     return query.promql.replace("$NS", namespace).replace("$RATE", rate_window).replace("$JOB", job)
-
-
-def check_knative(version: str | None) -> None:
-    """Refuse a Knative version the catalog cannot read (see the module doc)."""
-    if version is None:
-        return
-    low, high = parse_knative(version)
-    if any((a is None or a <= low) and (b is None or high <= b) for a, b in KN_REFUSED):
-        problem = (
-            "exports names with the raw unit appended (retracted OTel exporter); use >= 1.19.2"
-        )
-        raise SpecError("knative", version, problem)
 
 
 def queries_for(family: str, target: str = "auto", knative: str | None = None) -> tuple[Query, ...]:
