@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("kservebench.bench.cli:app", "Run an experiment spec end to end."),
     "simulate": ("kservebench.sim.cli:app", "Simulate an experiment spec (HPA/KPA)."),
     "emulate": ("kservebench.llm.emulator_cli:app", "Serve a vLLM emulated on the engine model."),
+    "calibrate": (
+        "kservebench.llm.calibrate_cli:app",
+        "Fit the LLM engine model to a measured vLLM run.",
+    ),
 }
 
 
