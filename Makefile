@@ -17,7 +17,7 @@ PROM_URL ?=
 BENCH_ARGS = --target $(TARGET) --results $(RESULTS) $(if $(PROM_URL),--prometheus-url $(PROM_URL))
 SPEC_DIR := bench/specs
 
-.PHONY: help venv venv-llm prometheus test lint format models bench-hpa bench-knative bench-llm bench-slo report \
+.PHONY: help venv venv-llm prometheus test lint format models bench-hpa bench-knative bench-llm bench-slo bench-autoscalers report \
         cluster deploy crd image shellcheck bench-loadgen bench-analysis bench-sim bench-models bench-local clean
 
 help:
@@ -120,6 +120,11 @@ bench-slo: venv prometheus
 	  runs+=("$$(ls -d $(RESULTS)/$$name-2* | tail -1)"); done; \
 	if [ $${#runs[@]} -gt 1 ]; then \
 	  $(BIN)/kservebench report "$${runs[@]}" --out $(RESULTS)/compare-slo; fi
+
+# The LLM autoscalers (ours, WVA V1/V2, KEDA on the queue, HPA on CPU) on the same simulated
+# traces: the comparison table.
+bench-autoscalers: venv
+	$(BIN)/python benchmarks/slo_compare.py
 
 report: venv
 	@hpa=$$(ls -d $(RESULTS)/hpa-* 2>/dev/null | tail -1); kn=$$(ls -d $(RESULTS)/knative-* 2>/dev/null | tail -1); \
