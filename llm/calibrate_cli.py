@@ -26,16 +26,14 @@ import pandas as pd
 import typer
 
 from kservebench.errors import SpecError
-from kservebench.llm.calibrate import (
+from kservebench.llm.calibrate import TTFT_ROWS, Calibration, calibrate
+from kservebench.llm.fidelity import Fidelity, compare, quiet_requests
+from kservebench.llm.replay import (
     DECODE_FROM,
-    TTFT_ROWS,
-    Calibration,
     EngineSettings,
     cache_config_from_metrics,
-    calibrate,
     trace_from_records,
 )
-from kservebench.llm.fidelity import Fidelity, compare, quiet_requests
 from kservebench.llm.variants import Variant, get_variant
 
 app = typer.Typer(add_completion=False, help="Fit the engine model to a measured vLLM run.")

@@ -35,14 +35,8 @@ import numpy as np
 import pandas as pd
 
 from kservebench.errors import SpecError
-from kservebench.llm.calibrate import (
-    Calibration,
-    Replay,
-    Trace,
-    relative_error,
-    replay,
-    trace_from_records,
-)
+from kservebench.llm.calibrate import Calibration
+from kservebench.llm.replay import Replay, Trace, relative_error, replay, trace_from_records
 from kservebench.llm.roofline import StepTimeModel
 
 THRESHOLDS: dict[str, float] = {
