@@ -159,3 +159,23 @@ def test_ours_scales_to_zero_after_the_retention_and_back_for_queued_requests():
     second = rec[rec["sent_s"] > 270]
     assert second["cold"].iloc[0] and 20_000 < second["router_wait_ms"].iloc[0] < 36_000
     assert any("scale from zero (30 queued" in e["reason"] for e in run.controller.log)
+
+
+def test_the_benchmark_traces_are_the_issues_and_repeat_with_their_seed():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "slo_traces.py"
+    spec = importlib.util.spec_from_file_location("slo_traces", path)
+    traces = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(traces)
+    assert {"constant", "ramp", "mmpp", "diurnal", "bursty"} <= set(traces.TRACES)
+    for name in traces.TRACES:
+        a, b = traces.workload(name, seed=1), traces.workload(name, seed=1)
+        assert len(a) > 1000 and np.array_equal(a.arrival_s, b.arrival_s), name
+    mmpp = [traces.trace_pattern("mmpp").rate(t) for t in range(900)]
+    assert set(np.round(mmpp)) >= {3.0, 18.0}  # calm and bursts
+    diurnal = traces.trace_pattern("diurnal")
+    assert (
+        diurnal.rate(0) == 2 and diurnal.rate(300) == pytest.approx(18) and diurnal.rate(900) > 17
+    )
