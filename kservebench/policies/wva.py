@@ -237,18 +237,30 @@ def current_replicas(inputs: LlmInputs, variant: str) -> int:
     return pods if pods else inputs.current(variant)
 
 
-def decide(inputs: LlmInputs, state: WvaState | None, params: WvaParams) -> Decision:
-    state = state or WvaState()
+def metrics_or_hold(
+    inputs: LlmInputs, state: Any, ignore_deleted_pods: bool
+) -> tuple[dict[str, int], dict[str, int], list[Any], Decision | None]:
+    """What both WVA versions start from: the last desired counts, the current ones, the
+    metrics they read (WVA counts a deleted pod's lingering series unless told not to),
+    and, when there are none, the Decision that holds every variant where it is."""
     previous = dict(state.desired)
     names = [v.name for v in inputs.variants]
     current = {v: current_replicas(inputs, v) for v in names}
     metrics = list(inputs.metrics or ())
-    if params.ignore_deleted_pods:
+    if ignore_deleted_pods:
         metrics = list(inputs.known_metrics().values())
-    if not metrics:
-        held = {v: previous.get(v) or current[v] for v in names}
-        why = "metrics unavailable" if inputs.metrics is None else "no metrics for the model"
-        return Decision(held, f"{why}: hold", state, details={"held": True})
+    if metrics:
+        return previous, current, metrics, None
+    held = {v: previous.get(v) or current[v] for v in names}
+    why = "metrics unavailable" if inputs.metrics is None else "no metrics for the model"
+    return previous, current, metrics, Decision(held, f"{why}: hold", state, details={"held": True})
+
+
+def decide(inputs: LlmInputs, state: WvaState | None, params: WvaParams) -> Decision:
+    state = state or WvaState()
+    previous, current, metrics, hold = metrics_or_hold(inputs, state, params.ignore_deleted_pods)
+    if hold is not None:
+        return hold
 
     last_success, totals = _activity(inputs, state)
     listed = {r.pod: r.variant for r in inputs.replicas}

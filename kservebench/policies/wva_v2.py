@@ -43,7 +43,7 @@ from kservebench.policies.llm_signals import (
     fraction,
     require,
 )
-from kservebench.policies.wva import SaturationConfig, current_replicas, enforce
+from kservebench.policies.wva import SaturationConfig, enforce, metrics_or_hold
 
 HISTORY_LENGTH = 10  # rolling average of observed k2
 TOKENS_WINDOW_S = 300.0  # rate(...[5m]) for the mean input and output tokens
@@ -238,16 +238,10 @@ def decide(inputs: LlmInputs, state: WvaV2State | None, params: WvaV2Params) -> 
     state = state or WvaV2State()
     now = inputs.now_s
     cfg = params.saturation
-    previous = dict(state.desired)
+    _, current, metrics, hold = metrics_or_hold(inputs, state, params.ignore_deleted_pods)
+    if hold is not None:
+        return hold
     names = [v.name for v in inputs.variants]
-    current = {v: current_replicas(inputs, v) for v in names}
-    metrics = list(inputs.metrics or ())
-    if params.ignore_deleted_pods:
-        metrics = list(inputs.known_metrics().values())
-    if not metrics:
-        held = {v: previous.get(v) or current[v] for v in names}
-        why = "metrics unavailable" if inputs.metrics is None else "no metrics for the model"
-        return Decision(held, f"{why}: hold", state, details={"held": True})
 
     by_pod = {m.pod: m for m in metrics}
     deltas = counter_deltas({m.pod: m for m in state.last_metrics}, by_pod)
